@@ -1,0 +1,93 @@
+"""VMAS scenarios (`vmas:<scenario>[,key=value,...]`), natively vectorized in torch.
+
+Any scenario VMAS ships (give_way, multi_give_way, navigation, transport, balance, ... and the MPE
+ports such as simple_spread) with discrete or continuous actions. `key=value` pairs after the
+name go to the scenario (e.g. `vmas:navigation,n_agents=5`), except `max_steps`, the episode
+limit (default 100, as in BenchMARL's VMAS tasks).
+
+Adapter choices:
+- obs: each agent's VMAS observation, zero-padded to the largest agent's size;
+- state: the concatenation of all agents' (unpadded) observations, VMAS having no global state;
+- agent_state: the agent's padded observation;
+- rewards: VMAS returns one reward per agent (the same value for every agent in shared-reward
+  scenarios); the team reward is their mean and agent i's reward is r_i / n, so individual
+  rewards sum to the team reward and a shared reward is counted once;
+- terminated: VMAS's `done`; truncated: the `max_steps` limit, applied by the base class.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import EnvError, EnvSpec, MultiAgentEnv
+
+DEFAULT_MAX_STEPS = 100
+INSTALL = "pip install vmas  (see requirements.txt)"
+
+
+def _parse_value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+class VmasEnv(MultiAgentEnv):
+    def __init__(self, env_id: str, scenario: str, num_envs: int, seed: int, device,
+                 continuous: bool, kwargs: dict[str, str]):
+        try:
+            import vmas
+        except ImportError:
+            raise EnvError(f"{env_id} needs the VMAS package, which is not installed: {INSTALL}") from None
+        known = sorted(vmas.scenarios + vmas.mpe_scenarios + vmas.debug_scenarios)
+        if scenario not in known:
+            raise EnvError(f"unknown VMAS scenario '{scenario}'; valid: {', '.join(known)}")
+        kwargs = {k: _parse_value(v) for k, v in kwargs.items()}
+        max_steps = int(kwargs.pop("max_steps", DEFAULT_MAX_STEPS))
+        try:
+            self.env = vmas.make_env(scenario, num_envs=num_envs, device=device,
+                                     continuous_actions=continuous, seed=seed, max_steps=None,
+                                     **kwargs)
+        except TypeError as e:  # a scenario kwarg the scenario does not accept
+            raise EnvError(f"{env_id}: {e}") from None
+        obs = self.env.reset()
+        n = self.env.n_agents
+        obs_dims = [o.shape[-1] for o in obs]
+        spaces = list(self.env.action_space)
+        if continuous:
+            dims = {s.shape[0] for s in spaces}
+            lows = {float(v) for s in spaces for v in s.low}
+            highs = {float(v) for s in spaces for v in s.high}
+            if len(dims) != 1 or len(lows) != 1 or len(highs) != 1:
+                raise EnvError(f"{env_id}: agents with different action shapes or bounds are not supported")
+            act = dict(action_dim=dims.pop(), action_low=lows.pop(), action_high=highs.pop())
+        else:
+            sizes = {int(s.n) for s in spaces}
+            if len(sizes) != 1:
+                raise EnvError(f"{env_id}: agents with different numbers of actions are not supported")
+            act = dict(n_actions=sizes.pop())
+        spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=max(obs_dims), state_dim=sum(obs_dims),
+                       agent_state_dim=max(obs_dims), episode_limit=max_steps,
+                       discrete=not continuous, **act)
+        super().__init__(spec, num_envs, device)
+        self._obs = obs
+        self._avail = torch.ones(num_envs, n, spec.n_actions or 1, dtype=torch.bool, device=self.device)
+
+    def _reset_envs(self, mask):
+        if bool(mask.all()):
+            self._obs = self.env.reset()
+        else:  # VMAS resets one env index per call; only finished envs pass through here
+            for i in mask.nonzero().flatten().tolist():
+                self._obs = self.env.reset_at(i)
+
+    def _observe(self):
+        dim = self.spec.obs_dim
+        obs = torch.stack([torch.nn.functional.pad(o, (0, dim - o.shape[-1])) for o in self._obs], 1)
+        return obs, torch.cat(self._obs, -1), obs, self._avail
+
+    def _transition(self, actions):
+        self._obs, rews, dones, _ = self.env.step(list(actions.unbind(1)))
+        agent_reward = torch.stack(rews, -1) / self.spec.n_agents  # [E,n]
+        return agent_reward, dones.bool(), None
