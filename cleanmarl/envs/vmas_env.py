@@ -52,9 +52,8 @@ class VmasEnv(MultiAgentEnv):
                                      **kwargs)
         except TypeError as e:  # a scenario kwarg the scenario does not accept
             raise EnvError(f"{env_id}: {e}") from None
-        obs = self.env.reset()
         n = self.env.n_agents
-        obs_dims = [o.shape[-1] for o in obs]
+        obs_dims = [int(space.shape[0]) for space in self.env.observation_space]
         spaces = list(self.env.action_space)
         if continuous:
             dims = {s.shape[0] for s in spaces}
@@ -72,7 +71,7 @@ class VmasEnv(MultiAgentEnv):
                        agent_state_dim=max(obs_dims), episode_limit=max_steps,
                        discrete=not continuous, **act)
         super().__init__(spec, num_envs, device)
-        self._obs = obs
+        self._obs: list[torch.Tensor] = []  # VMAS's latest per-agent observations [E, d_i]
         self._avail = torch.ones(num_envs, n, spec.n_actions or 1, dtype=torch.bool, device=self.device)
 
     def _reset_envs(self, mask):
