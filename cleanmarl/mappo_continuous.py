@@ -259,6 +259,8 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
 
     # env setup
     try:

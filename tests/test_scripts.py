@@ -3,6 +3,7 @@ determinism, and learning to a known optimum."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,20 @@ def test_mappo_reaches_the_optimum_of_the_penalty_game(tmp_path):
     summary = json.loads((only_run_dir(tmp_path) / "eval.json").read_text())
     assert summary["optimal_return"] == 10.0
     assert summary["eval_return_mean"] == 10.0
+
+
+def test_ctrl_c_keeps_logs_and_checkpoint(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, str(MAPPO), "--env-id", "matrix:team", "--total-timesteps", "10000000",
+                             "--save-model"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline().startswith("iter 1/")  # training has started and logged
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "interrupted" in err
+    run_dir = only_run_dir(tmp_path)
+    assert (run_dir / "mappo.cleanmarl_model").exists()
+    assert len(scalars(run_dir, "charts/episodic_return")) >= 1
