@@ -2,6 +2,7 @@
 
 import itertools
 import math
+import sys
 
 import pytest
 import torch
@@ -228,4 +229,11 @@ def test_vmas_pads_heterogeneous_observations():
 def test_bad_ids_fail_with_one_clear_line(env_id, action_type, match):
     with pytest.raises(EnvError, match=match) as info:
         make_env(env_id, 2, 0, "cpu", action_type)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_vmas_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vmas", None)  # import vmas now raises ImportError
+    with pytest.raises(EnvError, match=r"needs the VMAS package, which is not installed: pip install vmas") as info:
+        make_env("vmas:navigation", 2)
     assert "\n" not in str(info.value)
