@@ -47,3 +47,48 @@ done
 printf '%-56s %10s\n' "mappo_continuous.py vmas:navigation, 64 envs" "$(train mappo_continuous.py vmas:navigation 64)"
 printf '%-56s %10s\n' "mappo.py matrix:team, 4 envs" "$(train mappo.py matrix:team 4)"
 printf '%-56s %10s\n' "mappo_continuous.py diff:2agents, 4 envs" "$(train mappo_continuous.py diff:2agents 4)"
+
+# ---- head-to-head with BenchMARL's MAPPO (TorchRL), when installed ----------------------------
+# Same task settings (BenchMARL's navigation config: 3 agents, shared_rew=False, 100 steps), 64
+# envs x 100 steps per batch, 10 full-batch epochs, 64x64 tanh MLPs, one thread; runs alternate.
+BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-python}
+if ! "$BENCHMARL_PYTHON" -c "import benchmarl" 2>/dev/null; then
+  echo "(head-to-head skipped: BenchMARL not installed; see requirements-bench.txt)"
+  exit 0
+fi
+benchmarl_sps() {  # discrete|continuous
+  "$BENCHMARL_PYTHON" - "$1" "$STEPS" 2>/dev/null <<'EOF' | grep -o 'SPS=[0-9]*' | cut -d= -f2
+import sys, tempfile, time, torch
+torch.set_num_threads(1)
+from benchmarl.algorithms import MappoConfig
+from benchmarl.environments import VmasTask
+from benchmarl.experiment import Experiment, ExperimentConfig
+from benchmarl.models.mlp import MlpConfig
+frames = int(sys.argv[2])
+cfg = ExperimentConfig.get_from_yaml()
+cfg.prefer_continuous_actions = sys.argv[1] == "continuous"
+cfg.on_policy_collected_frames_per_batch, cfg.on_policy_n_envs_per_worker = 6400, 64
+cfg.on_policy_n_minibatch_iters, cfg.on_policy_minibatch_size = 10, 6400
+cfg.max_n_frames, cfg.evaluation, cfg.render, cfg.loggers = frames, False, False, []
+cfg.create_json, cfg.checkpoint_at_end, cfg.save_folder = False, False, tempfile.mkdtemp()
+mlp = MlpConfig(num_cells=[64, 64], layer_class=torch.nn.Linear, activation_class=torch.nn.Tanh)
+experiment = Experiment(task=VmasTask.NAVIGATION.get_from_yaml(), algorithm_config=MappoConfig.get_from_yaml(),
+                        model_config=mlp, critic_model_config=mlp, seed=0, config=cfg)
+start = time.time()
+experiment.run()
+print(f"SPS={int(frames / (time.time() - start))}")
+EOF
+}
+id="vmas:navigation,n_agents=3,shared_rew=False"
+echo
+echo "head-to-head on $id, 64 envs (SPS; ratio = cleanmarl / BenchMARL)"
+printf '%-6s %-11s %10s %10s %7s\n' round actions cleanmarl BenchMARL ratio
+for round in $(seq "${ROUNDS:-2}"); do
+  for kind in discrete continuous; do
+    script=mappo.py; [ "$kind" = continuous ] && script=mappo_continuous.py
+    ours=$(train "$script" "$id" 64)
+    theirs=$(benchmarl_sps "$kind")
+    printf '%-6s %-11s %10s %10s %7s\n' "$round" "$kind" "$ours" "$theirs" \
+      "$(python -c "print(f'{$ours / $theirs:.2f}')")"
+  done
+done
