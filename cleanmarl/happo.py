@@ -1,0 +1,493 @@
+"""HAPPO for discrete actions (with action masks).
+
+Paper: Kuba et al., "Trust Region Policy Optimisation in Multi-Agent Reinforcement Learning",
+ICLR 2022. Idea: no parameter sharing; at every update the agents are updated one after another
+in a fresh random order, and agent i_k maximizes the clipped surrogate with the advantage
+weighted by M = prod_{j<k} pi_new(a_{i_j}) / pi_old(a_{i_j}), the ratios of the agents already
+updated (the multi-agent advantage decomposition). The centralized V(s) is trained after the actors.
+Defaults follow Table V of the CORA paper for matrix games (this script's main family).
+
+Run:  python cleanmarl/happo.py --env-id matrix:team
+      python cleanmarl/happo.py --env-id vmas:navigation --num-envs 64
+
+What this file implements, and where:
+  GAE, A_t = sum_l (gamma*lambda)^l delta_{t+l}        -> `compute_gae`
+  truncated episodes bootstrapped from V(final state)  -> "rollout" block
+  HAPPO surrogate, M * min(r A, clip(r) A)             -> `happo_surrogate`
+  sequential update in a random order, M *= r_{i_k}    -> `sequential_actor_update`
+  clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+
+Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples.
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
+from cleanmarl.envs import EnvError, make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environment)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run on CUDA when available (the env tensors live there too)"""
+    track: bool = False
+    """if toggled, log to Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "cleanmarl"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, record videos of the evaluation episodes (no env family here renders yet)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint to runs/{run_name}/ and evaluate it greedily"""
+    eval_episodes: int = 10
+    """number of greedy evaluation episodes after training (with --save-model)"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest and stable on small shared machines)"""
+
+    # Environment
+    env_id: str = "matrix:team"
+    """the id of the environment, `family:scenario` (see README)"""
+    total_timesteps: int = 100_000
+    """total environment steps (summed over parallel envs)"""
+    num_envs: int = 4
+    """the number of parallel environments"""
+    num_steps: int = 100
+    """the number of steps per environment per rollout"""
+
+    # PPO
+    learning_rate: float = 5e-4
+    """the learning rate of each agent's actor"""
+    critic_learning_rate: float = 5e-3
+    """the learning rate of the critic"""
+    anneal_lr: bool = True
+    """toggle linear annealing of both learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 1
+    """the number of minibatches per epoch (over env-steps)"""
+    update_epochs: int = 10
+    """the number of PPO epochs per rollout (for each agent, and for the critic)"""
+    norm_adv: bool = True
+    """toggle advantage normalization (per minibatch)"""
+    clip_coef: float = 0.3
+    """the PPO surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggle clipping of the value loss around the rollout's values (same coefficient)"""
+    value_norm: bool = True
+    """toggle normalization of value targets by running statistics"""
+    huber_delta: float = 10.0
+    """delta of the Huber value loss; 0 uses the squared error"""
+    ent_coef: float = 1e-3
+    """the entropy bonus coefficient"""
+    max_grad_norm: float = 10.0
+    """the maximum gradient norm of the actor and of the critic"""
+    target_kl: Optional[float] = None
+    """stop an agent's epochs early once its approximate KL exceeds this"""
+    hidden_dim: int = 64
+    """width of the two hidden layers of actor and critic"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """env-steps per rollout (num_envs * num_steps)"""
+    minibatch_size: int = 0
+    """env-steps per minibatch"""
+    num_iterations: int = 0
+    """number of rollouts"""
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE over time. rewards, values, dones [T, E] (dones[t]: the episode was over before step t);
+    next_value, next_done [E] after the last step. Returns advantages [T, E]."""
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(T)):  # a recursion over time; batched over envs
+        nextnonterminal = 1.0 - (next_done if t == T - 1 else dones[t + 1])
+        nextvalues = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
+    """Clipped value loss (MAPPO): max of the losses of the new and of the clipped value."""
+    def err(x):
+        if huber_delta > 0:
+            return nn.functional.huber_loss(x, target, reduction="none", delta=huber_delta)
+        return 0.5 * (x - target) ** 2
+
+    if not clip:
+        return err(new_v).mean()
+    clipped = old_v + (new_v - old_v).clamp(-clip_coef, clip_coef)
+    return torch.max(err(new_v), err(clipped)).mean()
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of value targets (parallel-variance update)."""
+
+    def __init__(self, eps: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("count", torch.tensor(eps))
+
+    def update(self, x):
+        batch_mean, batch_var, n = x.mean(), x.var(unbiased=False), x.numel()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return (x - self.mean) / torch.sqrt(self.var + 1e-8)
+
+    def denormalize(self, x):
+        return x * torch.sqrt(self.var + 1e-8) + self.mean
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden, out_dim, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+class Actors(nn.Module):
+    """One policy network per agent (no parameter sharing), each with its own optimizer.
+    forward: all agents at once, obs [..., n, obs_dim] -> masked logits [..., n, A], by stacking
+    the agents' weights (one batched matmul per layer, no loop over samples); agent(k, ...):
+    agent k alone, which is what its sequential update differentiates."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, out_std=0.01) for _ in range(n_agents))
+
+    def forward(self, obs, avail):
+        x = obs
+        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
+            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
+            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
+            x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            if i + 1 < len(self.agents[0]):
+                x = torch.tanh(x)
+        return x.masked_fill(~avail, -1e10)
+
+    def dist(self, obs, avail):
+        return Categorical(logits=self(obs, avail))
+
+    def agent_dist(self, k, obs_k, avail_k):
+        """Agent k's policy on its own observations obs_k [..., obs_dim]."""
+        return Categorical(logits=self.agents[k](obs_k).masked_fill(~avail_k, -1e10))
+
+
+def happo_surrogate(ratio, adv, factor, clip_coef):
+    """HAPPO's clipped surrogate (to maximize) per sample: M * min(r A, clip(r, 1-c, 1+c) A)."""
+    return factor * torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
+
+
+def sequential_actor_update(actors, optimizers, perm, b_obs, b_avail, b_actions, b_logprobs, b_advantages, args):
+    """Update the agents one at a time in the order `perm`. Agent perm[k]'s surrogate is weighted
+    by M, the product of the new/old probability ratios of perm[0..k-1] after their updates.
+    b_obs [B,n,obs_dim], b_avail [B,n,A], b_actions, b_logprobs [B,n], b_advantages [B].
+    Returns the factor M each agent used [n, B] and the last minibatch's statistics."""
+    B = b_advantages.shape[0]
+    factor = torch.ones(B, device=b_advantages.device)  # M for the next agent in the order
+    factors = torch.ones(len(perm), B, device=b_advantages.device)
+    stats = {"clipfracs": []}
+    for k in perm:  # the order is the algorithm: each agent sees its predecessors' new policies
+        factors[k] = factor
+        for epoch in range(args.update_epochs):
+            b_inds = torch.randperm(B, device=b_advantages.device)
+            for start in range(0, B, args.minibatch_size):
+                mb = b_inds[start : start + args.minibatch_size]
+                dist = actors.agent_dist(k, b_obs[mb, k], b_avail[mb, k])
+                newlogprob = dist.log_prob(b_actions[mb, k])  # [M]
+                entropy = dist.entropy().mean()
+                logratio = newlogprob - b_logprobs[mb, k]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    stats["clipfracs"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+
+                mb_adv = b_advantages[mb]
+                if args.norm_adv:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = -happo_surrogate(ratio, mb_adv, factor[mb], args.clip_coef).mean()
+                actor_loss = pg_loss - args.ent_coef * entropy
+                optimizers[k].zero_grad()
+                actor_loss.backward()
+                nn.utils.clip_grad_norm_(actors.agents[k].parameters(), args.max_grad_norm)
+                optimizers[k].step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        with torch.no_grad():  # M *= this agent's new/old ratio on the whole batch
+            newlogprob = actors.agent_dist(k, b_obs[:, k], b_avail[:, k]).log_prob(b_actions[:, k])
+            factor = factor * (newlogprob - b_logprobs[:, k]).exp()
+    stats.update(pg_loss=pg_loss, entropy=entropy, approx_kl=approx_kl)
+    return factors, stats
+
+
+class Critic(nn.Module):
+    """Centralized value V(s): state [..., state_dim] -> [...]."""
+
+    def __init__(self, state_dim, hidden):
+        super().__init__()
+        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+
+    def forward(self, state):
+        return self.net(state).squeeze(-1)
+
+
+def evaluate(actor, env_id, episodes, seed, device):
+    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs.
+    Same seed as training: for seeded games (matrix, diff) the seed picks the game itself."""
+    env = make_env(env_id, episodes, seed, device, action_type="discrete")
+    step = env.reset()
+    returns = torch.full((episodes,), float("nan"), device=device)
+    wins = torch.zeros(episodes, device=device)
+    with torch.no_grad():
+        while returns.isnan().any():
+            step = env.step(actor(step.obs, step.avail_actions).argmax(-1))
+            first = step.episodes.done & returns.isnan()
+            returns = torch.where(first, step.episodes.ret, returns)
+            if step.episodes.win is not None:
+                wins = torch.where(first, step.episodes.win.float(), wins)
+    env.close()
+    return returns, wins if env.spec.has_win else None
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    args.batch_size = args.num_envs * args.num_steps
+    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        fail(f"--total-timesteps ({args.total_timesteps}) is less than one rollout ({args.batch_size} steps)")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
+
+    # env setup
+    try:
+        envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="discrete")
+    except EnvError as e:
+        fail(str(e))
+    if args.capture_video:
+        fail(f"--capture-video: {args.env_id} cannot render videos yet")
+    spec = envs.spec
+    n, A = spec.n_agents, spec.n_actions
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights and Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    actors = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+    value_rms = RunningMeanStd().to(device)
+    actor_optimizers = [torch.optim.Adam(net.parameters(), lr=args.learning_rate, eps=1e-5) for net in actors.agents]
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    def value_of(state):
+        """V(s) in return units (denormalized when value normalization is on)."""
+        v = critic(state)
+        return value_rms.denormalize(v) if args.value_norm else v
+
+    # storage
+    T, E = args.num_steps, args.num_envs
+    obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
+    state = torch.zeros((T, E, spec.state_dim), device=device)
+    avail = torch.zeros((T, E, n, A), dtype=torch.bool, device=device)
+    actions = torch.zeros((T, E, n), dtype=torch.long, device=device)
+    logprobs = torch.zeros((T, E, n), device=device)
+    rewards = torch.zeros((T, E), device=device)
+    dones = torch.zeros((T, E), device=device)
+    values = torch.zeros((T, E), device=device)
+
+    def save_checkpoint():
+        path = f"runs/{run_name}/{args.exp_name}.cleanmarl_model"
+        torch.save({"actors": actors.state_dict(), "critic": critic.state_dict(),
+                    "value_rms": value_rms.state_dict(), "args": vars(args)}, path)
+        print(f"model saved to {path}")
+
+    global_step = 0
+    start_time = time.time()
+    last_print = 0.0
+    step = envs.reset()
+    next_done = torch.zeros(E, device=device)
+    finished = True
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                for optimizer in actor_optimizers:
+                    optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+            # ---- rollout ------------------------------------------------------------------
+            ep_return_sum = torch.zeros((), device=device)
+            ep_length_sum = torch.zeros((), device=device)
+            ep_win_sum = torch.zeros((), device=device)
+            ep_count = torch.zeros((), device=device)
+            for t in range(T):
+                global_step += E
+                obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
+                with torch.no_grad():
+                    dist = actors.dist(step.obs, step.avail_actions)
+                    action = dist.sample()  # [E, n]
+                    logprobs[t] = dist.log_prob(action)
+                    values[t] = value_of(step.state)
+                actions[t] = action
+                step = envs.step(action)
+                rewards[t] = step.reward
+                if step.truncated.any():  # bootstrap a truncated episode from its final state
+                    with torch.no_grad():
+                        rewards[t] += args.gamma * value_of(step.final_state) * step.truncated
+                next_done = (step.terminated | step.truncated).float()
+                ep = step.episodes
+                ep_count += ep.done.sum()
+                ep_return_sum += (ep.ret * ep.done).sum()
+                ep_length_sum += (ep.length * ep.done).sum()
+                if ep.win is not None:
+                    ep_win_sum += ep.win.sum()
+
+            # ---- GAE ----------------------------------------------------------------------
+            with torch.no_grad():
+                next_value = value_of(step.state)
+                advantages = compute_gae(rewards, values, dones, next_value, next_done,
+                                         args.gamma, args.gae_lambda)  # [T, E]
+                returns = advantages + values
+                if args.value_norm:
+                    value_rms.update(returns)
+                    old_v = value_rms.normalize(values)
+                    targets = value_rms.normalize(returns)
+                else:
+                    old_v, targets = values, returns
+
+            # ---- HAPPO update: the actors one after another --------------------------------
+            b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
+            b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
+            b_advantages = advantages.flatten()  # [B]: the global advantage
+            b_old_v, b_targets = old_v.flatten(), targets.flatten()
+            perm = torch.randperm(n).tolist()  # a fresh agent order at every update
+            factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_actions,
+                                                     b_logprobs, b_advantages, args)
+            pg_loss, entropy, approx_kl, clipfracs = stats["pg_loss"], stats["entropy"], stats["approx_kl"], stats["clipfracs"]
+
+            # ---- critic, after the actors -------------------------------------------------
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = b_inds[start : start + args.minibatch_size]
+                    v_loss = value_loss(critic(b_state[mb]), b_old_v[mb], b_targets[mb],
+                                        args.clip_coef, args.clip_vloss, args.huber_delta)
+                    critic_optimizer.zero_grad()
+                    v_loss.backward()
+                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                    critic_optimizer.step()
+
+            # ---- logging ------------------------------------------------------------------
+            y_pred, y_true = values.flatten(), returns.flatten()
+            var_y = y_true.var()
+            explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", actor_optimizers[0].param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("happo/last_agent_factor_std", factors[perm[-1]].std().item(), global_step)
+            count = int(ep_count)
+            if count:
+                mean_return = ep_return_sum.item() / count
+                writer.add_scalar("charts/episodic_return", mean_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
+                if spec.has_win:
+                    writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
+            now = time.time()
+            if now - last_print > 2.0 or iteration == args.num_iterations:
+                last_print = now
+                ret = f"{mean_return:.3f}" if count else "n/a"
+                print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
+                      f"episodic_return={ret} SPS={sps}", flush=True)
+    except KeyboardInterrupt:
+        finished = False
+        print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)
+    finally:
+        if args.save_model:
+            save_checkpoint()
+        envs.close()
+        writer.flush()
+
+    if args.save_model and finished:
+        eval_returns, eval_wins = evaluate(actors, args.env_id, args.eval_episodes, args.seed, device)
+        for i, r in enumerate(eval_returns.tolist()):
+            writer.add_scalar("eval/episodic_return", r, i)
+        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
+                   "optimal_return": spec.optimal_return}
+        if eval_wins is not None:
+            summary["eval_win_rate"] = eval_wins.mean().item()
+            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], global_step)
+        with open(f"runs/{run_name}/eval.json", "w") as f:
+            json.dump(summary, f)
+        print("greedy evaluation: " + json.dumps(summary))
+    writer.close()
+    if args.track:
+        wandb.finish()
+    if not finished:
+        sys.exit(130)

@@ -1,0 +1,479 @@
+"""Optimistic MAPPO for continuous actions (diagonal Gaussian policy).
+
+Paper: Zhao et al., "Optimistic Multi-Agent Policy Gradient", ICML 2024. Idea: MAPPO (shared
+policy, centralized V(s), one global advantage for every agent) whose advantages are reshaped by
+a leaky ReLU, max(eta * A, A): with eta = 0 an agent is never pushed away from an action because
+its partners explored badly, which counters relative overgeneralization. As in the authors'
+reference the transform comes before advantage normalization (`--normalize-first` swaps them).
+Defaults follow Table V of the CORA paper for differential games (this script's main family).
+Actions are sampled from N(mu(o), exp(log_std)) unbounded; the env clips them to its bounds and
+the log-probability is that of the unclipped sample.
+
+Run:  python cleanmarl/optimistic_mappo_continuous.py --env-id diff:2agents
+      python cleanmarl/optimistic_mappo_continuous.py --env-id vmas:give_way --num-envs 16
+
+What this file implements, and where:
+  GAE, A_t = sum_l (gamma*lambda)^l delta_{t+l}        -> `compute_gae`
+  optimistic advantage, max(eta * A, A)                -> `optimistic_advantage`
+  truncated episodes bootstrapped from V(final state)  -> "rollout" block
+  PPO clipped surrogate + entropy bonus                -> "PPO update" block
+  clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+
+Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples.
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
+from cleanmarl.envs import EnvError, make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environment)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run on CUDA when available (the env tensors live there too)"""
+    track: bool = False
+    """if toggled, log to Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "cleanmarl"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, record videos of the evaluation episodes (no env family here renders yet)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint to runs/{run_name}/ and evaluate it greedily"""
+    eval_episodes: int = 10
+    """number of greedy evaluation episodes after training (with --save-model)"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest and stable on small shared machines)"""
+
+    # Environment
+    env_id: str = "diff:2agents"
+    """the id of the environment, `family:scenario` (see README)"""
+    total_timesteps: int = 100_000
+    """total environment steps (summed over parallel envs)"""
+    num_envs: int = 4
+    """the number of parallel environments"""
+    num_steps: int = 50
+    """the number of steps per environment per rollout"""
+
+    # PPO
+    learning_rate: float = 5e-5
+    """the learning rate of the actor"""
+    critic_learning_rate: float = 5e-4
+    """the learning rate of the critic"""
+    anneal_lr: bool = True
+    """toggle linear annealing of both learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 1
+    """the number of minibatches per epoch (over env-steps; all agents of a step stay together)"""
+    update_epochs: int = 10
+    """the number of PPO epochs per rollout"""
+    norm_adv: bool = True
+    """toggle advantage normalization (per minibatch)"""
+    clip_coef: float = 0.2
+    """the PPO surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggle clipping of the value loss around the rollout's values (same coefficient)"""
+    value_norm: bool = True
+    """toggle normalization of value targets by running statistics"""
+    huber_delta: float = 10.0
+    """delta of the Huber value loss; 0 uses the squared error"""
+    ent_coef: float = 1e-4
+    """the entropy bonus coefficient"""
+    max_grad_norm: float = 10.0
+    """the maximum gradient norm of the actor and of the critic"""
+    target_kl: Optional[float] = None
+    """stop the epochs of a rollout early once the approximate KL exceeds this"""
+    hidden_dim: int = 64
+    """width of the two hidden layers of actor and critic"""
+    agent_id: bool = True
+    """toggle appending the one-hot agent id to each agent's observation (shared policy)"""
+
+    # Optimism
+    optimism_leak: float = 0.0
+    """eta in max(eta * A, A), in [0, 1]: 0 zeroes negative advantages, 1 is plain MAPPO"""
+    normalize_first: bool = False
+    """toggle normalizing advantages before the optimistic transform (default: after, as the authors)"""
+    init_log_std: float = 0.0
+    """initial log standard deviation of the Gaussian policy (in action units)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """env-steps per rollout (num_envs * num_steps)"""
+    minibatch_size: int = 0
+    """env-steps per minibatch"""
+    num_iterations: int = 0
+    """number of rollouts"""
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE over time. rewards, values, dones [T, E] (dones[t]: the episode was over before step t);
+    next_value, next_done [E] after the last step. Returns advantages [T, E]."""
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(T)):  # a recursion over time; batched over envs
+        nextnonterminal = 1.0 - (next_done if t == T - 1 else dones[t + 1])
+        nextvalues = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def optimistic_advantage(adv, leak):
+    """Leaky-ReLU reshaping of advantages: max(leak * A, A), leak in [0, 1]."""
+    return torch.max(leak * adv, adv)
+
+
+def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
+    """Clipped value loss (MAPPO): max of the losses of the new and of the clipped value."""
+    def err(x):
+        if huber_delta > 0:
+            return nn.functional.huber_loss(x, target, reduction="none", delta=huber_delta)
+        return 0.5 * (x - target) ** 2
+
+    if not clip:
+        return err(new_v).mean()
+    clipped = old_v + (new_v - old_v).clamp(-clip_coef, clip_coef)
+    return torch.max(err(new_v), err(clipped)).mean()
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of value targets (parallel-variance update)."""
+
+    def __init__(self, eps: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("count", torch.tensor(eps))
+
+    def update(self, x):
+        batch_mean, batch_var, n = x.mean(), x.var(unbiased=False), x.numel()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return (x - self.mean) / torch.sqrt(self.var + 1e-8)
+
+    def denormalize(self, x):
+        return x * torch.sqrt(self.var + 1e-8) + self.mean
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden, out_dim, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+class Actor(nn.Module):
+    """Shared Gaussian policy: obs [..., n, obs_dim] -> mean [..., n, action_dim]; one log-std
+    per action dim, shared by all agents and independent of the observation."""
+
+    def __init__(self, obs_dim, n_agents, action_dim, hidden, agent_id, init_log_std):
+        super().__init__()
+        self.agent_id = agent_id
+        self.register_buffer("ids", torch.eye(n_agents))
+        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, action_dim, out_std=0.01)
+        self.log_std = nn.Parameter(torch.full((action_dim,), init_log_std))
+
+    def forward(self, obs):
+        if self.agent_id:
+            obs = torch.cat([obs, self.ids.expand(*obs.shape[:-1], -1)], -1)
+        return self.net(obs)
+
+    def dist(self, obs):
+        mean = self(obs)
+        return Normal(mean, self.log_std.exp().expand_as(mean))
+
+
+class Critic(nn.Module):
+    """Centralized value V(s): state [..., state_dim] -> [...]."""
+
+    def __init__(self, state_dim, hidden):
+        super().__init__()
+        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+
+    def forward(self, state):
+        return self.net(state).squeeze(-1)
+
+
+def evaluate(actor, env_id, episodes, seed, device):
+    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs.
+    Same seed as training: for seeded games (matrix, diff) the seed picks the game itself."""
+    env = make_env(env_id, episodes, seed, device, action_type="continuous")
+    step = env.reset()
+    returns = torch.full((episodes,), float("nan"), device=device)
+    wins = torch.zeros(episodes, device=device)
+    with torch.no_grad():
+        while returns.isnan().any():
+            step = env.step(actor(step.obs))  # the mean action
+            first = step.episodes.done & returns.isnan()
+            returns = torch.where(first, step.episodes.ret, returns)
+            if step.episodes.win is not None:
+                wins = torch.where(first, step.episodes.win.float(), wins)
+    env.close()
+    return returns, wins if env.spec.has_win else None
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    if not 0.0 <= args.optimism_leak <= 1.0:
+        fail(f"--optimism-leak must be in [0, 1], got {args.optimism_leak}")
+    args.batch_size = args.num_envs * args.num_steps
+    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        fail(f"--total-timesteps ({args.total_timesteps}) is less than one rollout ({args.batch_size} steps)")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
+
+    # env setup
+    try:
+        envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="continuous")
+    except EnvError as e:
+        fail(str(e))
+    if args.capture_video:
+        fail(f"--capture-video: {args.env_id} cannot render videos yet")
+    spec = envs.spec
+    n, D = spec.n_agents, spec.action_dim
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights and Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    actor = Actor(spec.obs_dim, n, D, args.hidden_dim, args.agent_id, args.init_log_std).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+    value_rms = RunningMeanStd().to(device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    def value_of(state):
+        """V(s) in return units (denormalized when value normalization is on)."""
+        v = critic(state)
+        return value_rms.denormalize(v) if args.value_norm else v
+
+    # storage
+    T, E = args.num_steps, args.num_envs
+    obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
+    state = torch.zeros((T, E, spec.state_dim), device=device)
+    actions = torch.zeros((T, E, n, D), device=device)
+    logprobs = torch.zeros((T, E, n), device=device)
+    rewards = torch.zeros((T, E), device=device)
+    dones = torch.zeros((T, E), device=device)
+    values = torch.zeros((T, E), device=device)
+
+    def save_checkpoint():
+        path = f"runs/{run_name}/{args.exp_name}.cleanmarl_model"
+        torch.save({"actor": actor.state_dict(), "critic": critic.state_dict(),
+                    "value_rms": value_rms.state_dict(), "args": vars(args)}, path)
+        print(f"model saved to {path}")
+
+    global_step = 0
+    start_time = time.time()
+    last_print = 0.0
+    step = envs.reset()
+    next_done = torch.zeros(E, device=device)
+    finished = True
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+            # ---- rollout ------------------------------------------------------------------
+            ep_return_sum = torch.zeros((), device=device)
+            ep_length_sum = torch.zeros((), device=device)
+            ep_win_sum = torch.zeros((), device=device)
+            ep_count = torch.zeros((), device=device)
+            for t in range(T):
+                global_step += E
+                obs[t], state[t], dones[t] = step.obs, step.state, next_done
+                with torch.no_grad():
+                    dist = actor.dist(step.obs)
+                    action = dist.sample()  # [E, n, D]
+                    logprobs[t] = dist.log_prob(action).sum(-1)
+                    values[t] = value_of(step.state)
+                actions[t] = action
+                step = envs.step(action)
+                rewards[t] = step.reward
+                if step.truncated.any():  # bootstrap a truncated episode from its final state
+                    with torch.no_grad():
+                        rewards[t] += args.gamma * value_of(step.final_state) * step.truncated
+                next_done = (step.terminated | step.truncated).float()
+                ep = step.episodes
+                ep_count += ep.done.sum()
+                ep_return_sum += (ep.ret * ep.done).sum()
+                ep_length_sum += (ep.length * ep.done).sum()
+                if ep.win is not None:
+                    ep_win_sum += ep.win.sum()
+
+            # ---- GAE ----------------------------------------------------------------------
+            with torch.no_grad():
+                next_value = value_of(step.state)
+                advantages = compute_gae(rewards, values, dones, next_value, next_done,
+                                         args.gamma, args.gae_lambda)  # [T, E]
+                returns = advantages + values
+                if args.value_norm:
+                    value_rms.update(returns)
+                    old_v = value_rms.normalize(values)
+                    targets = value_rms.normalize(returns)
+                else:
+                    old_v, targets = values, returns
+
+            # ---- PPO update ---------------------------------------------------------------
+            b_obs, b_state = obs.flatten(0, 1), state.flatten(0, 1)
+            b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n, D], [B, n]
+            b_advantages = advantages.flatten()  # [B]: the global advantage of every agent
+            b_old_v, b_targets = old_v.flatten(), targets.flatten()
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = b_inds[start : start + args.minibatch_size]
+                    dist = actor.dist(b_obs[mb])
+                    newlogprob = dist.log_prob(b_actions[mb]).sum(-1)  # [M, n]
+                    entropy = dist.entropy().sum(-1).mean()
+                    logratio = newlogprob - b_logprobs[mb]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+
+                    mb_adv = b_advantages[mb]
+                    if not args.normalize_first:
+                        mb_adv = optimistic_advantage(mb_adv, args.optimism_leak)
+                    if args.norm_adv:
+                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    if args.normalize_first:
+                        mb_adv = optimistic_advantage(mb_adv, args.optimism_leak)
+                    mb_adv = mb_adv.unsqueeze(-1)  # [M, 1] broadcast over agents
+                    pg_loss1 = -mb_adv * ratio
+                    pg_loss2 = -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                    actor_loss = pg_loss - args.ent_coef * entropy
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                    actor_optimizer.step()
+
+                    v_loss = value_loss(critic(b_state[mb]), b_old_v[mb], b_targets[mb],
+                                        args.clip_coef, args.clip_vloss, args.huber_delta)
+                    critic_optimizer.zero_grad()
+                    v_loss.backward()
+                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                    critic_optimizer.step()
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            # ---- logging ------------------------------------------------------------------
+            y_pred, y_true = values.flatten(), returns.flatten()
+            var_y = y_true.var()
+            explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/action_std", actor.log_std.exp().mean().item(), global_step)
+            count = int(ep_count)
+            if count:
+                mean_return = ep_return_sum.item() / count
+                writer.add_scalar("charts/episodic_return", mean_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
+                if spec.has_win:
+                    writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
+            now = time.time()
+            if now - last_print > 2.0 or iteration == args.num_iterations:
+                last_print = now
+                ret = f"{mean_return:.3f}" if count else "n/a"
+                print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
+                      f"episodic_return={ret} SPS={sps}", flush=True)
+    except KeyboardInterrupt:
+        finished = False
+        print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)
+    finally:
+        if args.save_model:
+            save_checkpoint()
+        envs.close()
+        writer.flush()
+
+    if args.save_model and finished:
+        eval_returns, eval_wins = evaluate(actor, args.env_id, args.eval_episodes, args.seed, device)
+        for i, r in enumerate(eval_returns.tolist()):
+            writer.add_scalar("eval/episodic_return", r, i)
+        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
+                   "optimal_return": spec.optimal_return}
+        if eval_wins is not None:
+            summary["eval_win_rate"] = eval_wins.mean().item()
+            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], global_step)
+        with open(f"runs/{run_name}/eval.json", "w") as f:
+            json.dump(summary, f)
+        print("greedy evaluation: " + json.dumps(summary))
+    writer.close()
+    if args.track:
+        wandb.finish()
+    if not finished:
+        sys.exit(130)
