@@ -229,7 +229,7 @@ def sequential_actor_update(actors, optimizers, perm, b_obs, b_actions, b_logpro
     Returns the factor M each agent used [n, B] and the last minibatch's statistics."""
     B = b_advantages.shape[0]
     factor = torch.ones(B, device=b_advantages.device)  # M for the next agent in the order
-    factors = torch.ones(len(perm), B, device=b_advantages.device)
+    factors = torch.ones(b_logprobs.shape[1], B, device=b_advantages.device)  # [n, B]
     stats = {"clipfracs": []}
     for k in perm:  # the order is the algorithm: each agent sees its predecessors' new policies
         factors[k] = factor
