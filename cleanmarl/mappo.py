@@ -306,6 +306,7 @@ if __name__ == "__main__":
     global_step = 0
     start_time = time.time()
     last_print = 0.0
+    mean_return = float("nan")  # of the episodes that ended in the latest rollout that had any
     step = envs.reset()
     next_done = torch.zeros(E, device=device)
     finished = True
@@ -422,9 +423,8 @@ if __name__ == "__main__":
             now = time.time()
             if now - last_print > 2.0 or iteration == args.num_iterations:
                 last_print = now
-                ret = f"{mean_return:.3f}" if count else "n/a"
                 print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
-                      f"episodic_return={ret} SPS={sps}", flush=True)
+                      f"episodic_return={mean_return:.3f} SPS={sps}", flush=True)
     except KeyboardInterrupt:
         finished = False
         print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)

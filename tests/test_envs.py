@@ -11,7 +11,15 @@ from cleanmarl.envs import EnvError, make_env
 from cleanmarl.envs.diff import potential
 from cleanmarl.envs.matrix import make_payoffs
 
-# (env id, action type); VMAS episodes are shortened so autoreset happens within the test.
+try:
+    import gymnasium_robotics  # noqa: F401
+
+    HAS_MUJOCO = True
+except ImportError:
+    HAS_MUJOCO = False
+needs_mujoco = pytest.mark.skipif(not HAS_MUJOCO, reason="MaMuJoCo not installed: pip install -r requirements-mujoco.txt")
+
+# (env id, action type); VMAS and MuJoCo episodes are shortened so autoreset happens in the test.
 ENVS = [
     ("matrix:team", "discrete"),
     ("matrix:peaks5-2x10", "discrete"),
@@ -22,6 +30,8 @@ ENVS = [
     ("vmas:navigation,max_steps=7", "discrete"),
     ("vmas:give_way,max_steps=7", "continuous"),
     ("vmas:balance,max_steps=7,n_agents=3", "continuous"),
+    pytest.param("mamujoco:HalfCheetah-6x1,max_steps=7", "continuous", marks=needs_mujoco),
+    pytest.param("mamujoco:HalfCheetah-2x3,max_steps=7,agent_obsk=0", "continuous", marks=needs_mujoco),
 ]
 E = 5
 
@@ -75,7 +85,7 @@ def test_conformance(env_id, action_type):
         assert (ep_length <= spec.episode_limit).all()
         assert (done == (ep_length == spec.episode_limit)).all()  # no early ends in these tests
         if done.any():  # autoreset: a fixed-state game starts again from its first observation
-            if not env_id.startswith("vmas"):
+            if env_id.startswith(("matrix", "diff")):
                 torch.testing.assert_close(s.obs[done], first.obs[done])
             else:  # the final observation is the pre-reset one and differs from the new one
                 assert not torch.equal(s.final_obs[done], s.obs[done])
@@ -237,3 +247,59 @@ def test_missing_vmas_is_one_clear_line(monkeypatch):
     with pytest.raises(EnvError, match=r"needs the VMAS package, which is not installed: pip install vmas") as info:
         make_env("vmas:navigation", 2)
     assert "\n" not in str(info.value)
+
+
+@needs_mujoco
+def test_mamujoco_step_matches_raw_env():
+    from gymnasium_robotics import mamujoco_v1
+
+    raw = mamujoco_v1.parallel_env("Hopper", "3x1")
+    raw_obs, _ = raw.reset(seed=4)
+    env = make_env("mamujoco:Hopper-3x1", 1, seed=4, action_type="continuous")
+    s = env.reset()
+    assert env.spec.obs_dim == 9 and env.spec.state_dim == raw.state().shape[0]
+    gen = torch.Generator().manual_seed(0)
+    for t in range(40):
+        for i, agent in enumerate(raw.possible_agents):  # per-agent sizes 8, 9, 8, zero-padded to 9
+            o = torch.as_tensor(raw_obs[agent], dtype=torch.float32)
+            torch.testing.assert_close(s.obs[0, i, : len(o)], o)
+            assert (s.obs[0, i, len(o):] == 0).all()
+        torch.testing.assert_close(s.state[0], torch.as_tensor(raw.state(), dtype=torch.float32))
+        a = torch.rand(1, 3, 1, generator=gen) * 2 - 1
+        raw_obs, rew, term, trunc, _ = raw.step({agent: a[0, i].numpy() for i, agent in enumerate(raw.possible_agents)})
+        s = env.step(a)
+        assert s.reward.item() == pytest.approx(rew["agent_0"], rel=1e-6)
+        assert s.terminated.item() == any(term.values())
+        if s.terminated.item():  # the Hopper fell: a termination, reset automatically
+            assert not s.truncated.item() and s.episodes.length.item() == t + 1
+            break
+    else:
+        pytest.fail("random actions should make the Hopper fall within 40 steps")
+
+
+@needs_mujoco
+def test_mamujoco_time_limit_is_a_truncation():
+    env = make_env("mamujoco:HalfCheetah-6x1", 2, seed=0, action_type="continuous")
+    assert env.spec.episode_limit == 1000
+    env.reset()
+    for _ in range(1000):
+        s = env.step(torch.zeros(2, 6, 1))
+    assert s.truncated.all() and not s.terminated.any() and (s.episodes.length == 1000).all()
+
+
+@needs_mujoco
+@pytest.mark.parametrize("env_id,match", [
+    ("mamujoco:HalfCheetah", "write <Robot>-<conf>"),
+    ("mamujoco:Foo-2x3", "MaMuJoCo cannot build Foo 2x3"),
+    ("mamujoco:HalfCheetah-6x1,max_steps=5000", r"max_steps must be in \[1, 1000\]"),
+    ("mamujoco:HalfCheetah-6x1,bogus=1", "unknown options"),
+])
+def test_mamujoco_bad_ids(env_id, match):
+    with pytest.raises(EnvError, match=match):
+        make_env(env_id, 1, 0, "cpu", "continuous")
+
+
+def test_missing_mujoco_is_one_clear_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)
+    with pytest.raises(EnvError, match=r"needs gymnasium-robotics and mujoco, which are not installed: pip install -r requirements-mujoco.txt"):
+        make_env("mamujoco:HalfCheetah-6x1", 1, action_type="continuous")

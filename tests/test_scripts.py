@@ -14,6 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cleanmarl.mappo import RunningMeanStd, compute_gae, value_loss
+from tests.test_envs import needs_mujoco
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPO = ROOT / "cleanmarl" / "mappo.py"
@@ -78,6 +79,7 @@ def test_value_loss_clipping():
     (MAPPO, "vmas:give_way,max_steps=20"),
     (MAPPO_CONT, "diff:5agents"),
     (MAPPO_CONT, "vmas:navigation,max_steps=20"),
+    pytest.param(MAPPO_CONT, "mamujoco:HalfCheetah-6x1,max_steps=20", marks=needs_mujoco),
 ])
 def test_script_runs_and_logs(script, env_id, tmp_path):
     r = run(script, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
@@ -270,6 +272,7 @@ def test_happo_batched_forward_matches_each_agents_network():
     (OPT_CONT, "diff:2agents"), (OPT_CONT, "vmas:navigation,max_steps=20"),
     (HAPPO, "matrix:team"), (HAPPO, "vmas:give_way,max_steps=20"),
     (HAPPO_CONT, "diff:5agents"), (HAPPO_CONT, "vmas:navigation,max_steps=20"),
+    pytest.param(HAPPO_CONT, "mamujoco:Ant-4x2,max_steps=20", marks=needs_mujoco),
 ])
 def test_baseline_scripts_run_and_log(script, env_id, tmp_path):
     test_script_runs_and_logs(script, env_id, tmp_path)

@@ -31,11 +31,18 @@ def _vmas(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return VmasEnv(env_id, scenario, num_envs, seed, device, bool(continuous), kwargs)
 
 
+def _mamujoco(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .mamujoco import MaMuJoCo
+
+    return MaMuJoCo(env_id, scenario, num_envs, seed, device, kwargs)
+
+
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "matrix": (_matrix, ("discrete",), "matrix:team, matrix:peaks10-2x10, matrix:climbing, matrix:penalty,k=-50", True),
     "diff": (_diff, ("continuous",), "diff:2agents, diff:5agents", False),
     "vmas": (_vmas, ("discrete", "continuous"), "vmas:navigation, vmas:give_way,n_agents=2", True),
+    "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
 }
 SCRIPT_FOR = {"discrete": "mappo.py", "continuous": "mappo_continuous.py"}
 
