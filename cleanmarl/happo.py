@@ -16,6 +16,7 @@ What this file implements, and where:
   HAPPO surrogate, M * min(r A, clip(r) A)             -> `happo_surrogate`
   sequential update in a random order, M *= r_{i_k}    -> `sequential_actor_update`
   clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+  dead agents (step.active false) left out of the loss -> `masked_mean`
 
 Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples.
 """
@@ -132,6 +133,12 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     return advantages
 
 
+def masked_mean(x, mask):
+    """Mean of x over the entries where mask is true (dead agents' steps are left out)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
     """Clipped value loss (MAPPO): max of the losses of the new and of the clipped value."""
     def err(x):
@@ -215,10 +222,11 @@ def happo_surrogate(ratio, adv, factor, clip_coef):
     return factor * torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
 
 
-def sequential_actor_update(actors, optimizers, perm, b_obs, b_avail, b_actions, b_logprobs, b_advantages, args):
+def sequential_actor_update(actors, optimizers, perm, b_obs, b_avail, b_active, b_actions, b_logprobs, b_advantages,
+                            args):
     """Update the agents one at a time in the order `perm`. Agent perm[k]'s surrogate is weighted
     by M, the product of the new/old probability ratios of perm[0..k-1] after their updates.
-    b_obs [B,n,obs_dim], b_avail [B,n,A], b_actions, b_logprobs [B,n], b_advantages [B].
+    b_obs [B,n,obs_dim], b_avail [B,n,A], b_active, b_actions, b_logprobs [B,n], b_advantages [B].
     Returns the factor M each agent used [n, B] and the last minibatch's statistics."""
     B = b_advantages.shape[0]
     factor = torch.ones(B, device=b_advantages.device)  # M for the next agent in the order
@@ -232,17 +240,18 @@ def sequential_actor_update(actors, optimizers, perm, b_obs, b_avail, b_actions,
                 mb = b_inds[start : start + args.minibatch_size]
                 dist = actors.agent_dist(k, b_obs[mb, k], b_avail[mb, k])
                 newlogprob = dist.log_prob(b_actions[mb, k])  # [M]
-                entropy = dist.entropy().mean()
+                mb_active = b_active[mb, k]
+                entropy = masked_mean(dist.entropy(), mb_active)
                 logratio = newlogprob - b_logprobs[mb, k]
                 ratio = logratio.exp()
                 with torch.no_grad():
-                    approx_kl = ((ratio - 1) - logratio).mean()
-                    stats["clipfracs"].append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+                    approx_kl = masked_mean((ratio - 1) - logratio, mb_active)
+                    stats["clipfracs"].append(masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), mb_active))
 
                 mb_adv = b_advantages[mb]
                 if args.norm_adv:
                     mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = -happo_surrogate(ratio, mb_adv, factor[mb], args.clip_coef).mean()
+                pg_loss = -masked_mean(happo_surrogate(ratio, mb_adv, factor[mb], args.clip_coef), mb_active)
                 actor_loss = pg_loss - args.ent_coef * entropy
                 optimizers[k].zero_grad()
                 actor_loss.backward()
@@ -349,6 +358,7 @@ if __name__ == "__main__":
     obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
     state = torch.zeros((T, E, spec.state_dim), device=device)
     avail = torch.zeros((T, E, n, A), dtype=torch.bool, device=device)
+    active = torch.zeros((T, E, n), dtype=torch.bool, device=device)  # alive agents
     actions = torch.zeros((T, E, n), dtype=torch.long, device=device)
     logprobs = torch.zeros((T, E, n), device=device)
     rewards = torch.zeros((T, E), device=device)
@@ -384,6 +394,7 @@ if __name__ == "__main__":
             for t in range(T):
                 global_step += E
                 obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
+                active[t] = step.active
                 with torch.no_grad():
                     dist = actors.dist(step.obs, step.avail_actions)
                     action = dist.sample()  # [E, n]
@@ -418,12 +429,13 @@ if __name__ == "__main__":
 
             # ---- HAPPO update: the actors one after another --------------------------------
             b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
+            b_active = active.flatten(0, 1)  # [B, n]
             b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
             b_advantages = advantages.flatten()  # [B]: the global advantage
             b_old_v, b_targets = old_v.flatten(), targets.flatten()
             perm = torch.randperm(n).tolist()  # a fresh agent order at every update
-            factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_actions,
-                                                     b_logprobs, b_advantages, args)
+            factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_active,
+                                                     b_actions, b_logprobs, b_advantages, args)
             pg_loss, entropy, approx_kl, clipfracs = stats["pg_loss"], stats["entropy"], stats["approx_kl"], stats["clipfracs"]
 
             # ---- critic, after the actors -------------------------------------------------

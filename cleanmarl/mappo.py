@@ -14,6 +14,7 @@ What this file implements, and where:
   truncated episodes bootstrapped from V(final state)  -> "rollout" block
   PPO clipped surrogate + entropy bonus                -> "PPO update" block
   clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+  dead agents (step.active false) left out of the loss -> `masked_mean`
 
 Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples.
 """
@@ -130,6 +131,12 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
         lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
         advantages[t] = lastgaelam
     return advantages
+
+
+def masked_mean(x, mask):
+    """Mean of x over the entries where mask is true (dead agents' steps are left out)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
@@ -291,6 +298,7 @@ if __name__ == "__main__":
     obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
     state = torch.zeros((T, E, spec.state_dim), device=device)
     avail = torch.zeros((T, E, n, A), dtype=torch.bool, device=device)
+    active = torch.zeros((T, E, n), dtype=torch.bool, device=device)  # alive agents
     actions = torch.zeros((T, E, n), dtype=torch.long, device=device)
     logprobs = torch.zeros((T, E, n), device=device)
     rewards = torch.zeros((T, E), device=device)
@@ -325,6 +333,7 @@ if __name__ == "__main__":
             for t in range(T):
                 global_step += E
                 obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
+                active[t] = step.active
                 with torch.no_grad():
                     dist = actor.dist(step.obs, step.avail_actions)
                     action = dist.sample()  # [E, n]
@@ -359,6 +368,7 @@ if __name__ == "__main__":
 
             # ---- PPO update ---------------------------------------------------------------
             b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
+            b_active = active.flatten(0, 1)  # [B, n]
             b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
             b_advantages = advantages.flatten()  # [B]: the global advantage of every agent
             b_old_v, b_targets = old_v.flatten(), targets.flatten()
@@ -369,12 +379,13 @@ if __name__ == "__main__":
                     mb = b_inds[start : start + args.minibatch_size]
                     dist = actor.dist(b_obs[mb], b_avail[mb])
                     newlogprob = dist.log_prob(b_actions[mb])  # [M, n]
-                    entropy = dist.entropy().mean()
+                    mb_active = b_active[mb]
+                    entropy = masked_mean(dist.entropy(), mb_active)
                     logratio = newlogprob - b_logprobs[mb]
                     ratio = logratio.exp()
                     with torch.no_grad():
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfracs.append(((ratio - 1.0).abs() > args.clip_coef).float().mean())
+                        approx_kl = masked_mean((ratio - 1) - logratio, mb_active)
+                        clipfracs.append(masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), mb_active))
 
                     mb_adv = b_advantages[mb]
                     if args.norm_adv:
@@ -382,7 +393,7 @@ if __name__ == "__main__":
                     mb_adv = mb_adv.unsqueeze(-1)  # [M, 1] broadcast over agents
                     pg_loss1 = -mb_adv * ratio
                     pg_loss2 = -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+                    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mb_active)
                     actor_loss = pg_loss - args.ent_coef * entropy
                     actor_optimizer.zero_grad()
                     actor_loss.backward()

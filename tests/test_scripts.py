@@ -240,7 +240,8 @@ def test_happo_factor_is_the_product_of_earlier_agents_ratios():
 
     actors, optimizers, obs, avail, actions, logprobs, adv, args = _happo_batch()
     perm = [2, 0, 1]
-    factors, _ = sequential_actor_update(actors, optimizers, perm, obs, avail, actions, logprobs, adv, args)
+    active = torch.ones_like(actions, dtype=torch.bool)
+    factors, _ = sequential_actor_update(actors, optimizers, perm, obs, avail, active, actions, logprobs, adv, args)
     with torch.no_grad():  # each agent's final policy is the one its successors saw
         ratios = (actors.dist(obs, avail).log_prob(actions) - logprobs).exp()  # [B, n]
     assert not torch.allclose(ratios, torch.ones_like(ratios))  # the agents did move
@@ -254,7 +255,8 @@ def test_happo_agent_update_changes_only_its_own_parameters():
 
     actors, optimizers, obs, avail, actions, logprobs, adv, args = _happo_batch()
     before = [[p.clone() for p in net.parameters()] for net in actors.agents]
-    sequential_actor_update(actors, optimizers, [1], obs, avail, actions, logprobs, adv, args)
+    active = torch.ones_like(actions, dtype=torch.bool)
+    sequential_actor_update(actors, optimizers, [1], obs, avail, active, actions, logprobs, adv, args)
     for k, net in enumerate(actors.agents):
         same = all(torch.equal(p, q) for p, q in zip(before[k], net.parameters()))
         assert same == (k != 1), k

@@ -37,11 +37,19 @@ def _mamujoco(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return MaMuJoCo(env_id, scenario, num_envs, seed, device, kwargs)
 
 
+def _smac(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .smac_env import StarCraftEnv
+
+    return StarCraftEnv(env_id, env_id.partition(":")[0], scenario, num_envs, seed, device, kwargs)
+
+
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "matrix": (_matrix, ("discrete",), "matrix:team, matrix:peaks10-2x10, matrix:climbing, matrix:penalty,k=-50", True),
     "diff": (_diff, ("continuous",), "diff:2agents, diff:5agents", False),
     "vmas": (_vmas, ("discrete", "continuous"), "vmas:navigation, vmas:give_way,n_agents=2", True),
+    "smac": (_smac, ("discrete",), "smac:8m, smac:3s5z (needs StarCraft II)", False),
+    "smacv2": (_smac, ("discrete",), "smacv2:protoss_5_vs_5, smacv2:zerg_10_vs_11 (needs StarCraft II)", False),
     "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
 }
 SCRIPT_FOR = {"discrete": "mappo.py", "continuous": "mappo_continuous.py"}

@@ -6,6 +6,7 @@ A family adapter subclasses `MultiAgentEnv` and implements three methods on batc
     _reset_envs(mask [E] bool)       reset the envs where mask is true (all of them at start)
     _observe() -> (obs [E,n,obs_dim], state [E,state_dim], agent_state [E,n,d], avail [E,n,A])
     _transition(actions) -> (agent_reward [E,n], terminated [E] bool, win [E] bool or None)
+and, where agents can die, `_active() -> [E,n] bool` (default: every agent is always active).
 
 The base class adds everything else once for all families: the time limit (`truncated`),
 automatic reset, the final observation of a finished episode (to bootstrap truncated ones),
@@ -57,6 +58,7 @@ class Step:
     state: torch.Tensor  # [E,state_dim]
     agent_state: torch.Tensor  # [E,n,agent_state_dim]
     avail_actions: torch.Tensor  # [E,n,A] bool (all true for continuous actions, A = 1)
+    active: torch.Tensor  # [E,n] bool: the agent is alive; dead agents' steps leave the policy loss
     reward: torch.Tensor  # [E] team reward
     agent_reward: torch.Tensor  # [E,n] individual rewards, summing to `reward`
     terminated: torch.Tensor  # [E] bool
@@ -76,6 +78,7 @@ class MultiAgentEnv:
         E = num_envs
         self._t = torch.zeros(E, dtype=torch.long, device=self.device)
         self._ep_return = torch.zeros(E, device=self.device)
+        self._all_active = torch.ones(E, spec.n_agents, dtype=torch.bool, device=self.device)
 
     # -- implemented by each family ------------------------------------------------------
     def _reset_envs(self, mask: torch.Tensor) -> None:
@@ -87,6 +90,9 @@ class MultiAgentEnv:
     def _transition(self, actions: torch.Tensor):
         raise NotImplementedError
 
+    def _active(self) -> torch.Tensor:
+        return self._all_active
+
     # -- the public interface ------------------------------------------------------------
     def reset(self) -> Step:
         E, n = self.num_envs, self.spec.n_agents
@@ -97,7 +103,7 @@ class MultiAgentEnv:
         false = torch.zeros(E, dtype=torch.bool, device=self.device)
         zeros = torch.zeros(E, device=self.device)
         no_win = false if self.spec.has_win else None
-        return Step(obs, state, agent_state, avail, zeros, torch.zeros(E, n, device=self.device),
+        return Step(obs, state, agent_state, avail, self._active(), zeros, torch.zeros(E, n, device=self.device),
                     false, false, obs, state, Episodes(false, zeros, self._t.clone(), no_win))
 
     def step(self, actions: torch.Tensor) -> Step:
@@ -120,6 +126,7 @@ class MultiAgentEnv:
             win=(win & done) if win is not None else None,
         )
         obs, state, agent_state, avail = self._observe()
+        active = self._active()
         final_obs, final_state = obs, state
         if bool(done.any()):
             self._reset_envs(done)
@@ -131,7 +138,8 @@ class MultiAgentEnv:
             state = torch.where(done.view(-1, 1), new[1], state)
             agent_state = torch.where(keep, new[2], agent_state)
             avail = torch.where(keep, new[3], avail)
-        return Step(obs, state, agent_state, avail, reward, agent_reward, terminated, truncated,
+            active = torch.where(done.view(-1, 1), self._active(), active)
+        return Step(obs, state, agent_state, avail, active, reward, agent_reward, terminated, truncated,
                     final_obs, final_state, episodes)
 
     def close(self) -> None:
