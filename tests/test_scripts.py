@@ -81,9 +81,9 @@ def test_value_loss_clipping():
     (MAPPO_CONT, "vmas:navigation,max_steps=20"),
     pytest.param(MAPPO_CONT, "mamujoco:HalfCheetah-6x1,max_steps=20", marks=needs_mujoco),
 ])
-def test_script_runs_and_logs(script, env_id, tmp_path):
+def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
     r = run(script, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
-            "--update-epochs", "2", "--num-minibatches", "2", "--save-model", "--eval-episodes", "2",
+            "--update-epochs", "2", "--num-minibatches", "2", "--save-model", "--eval-episodes", "2", *extra,
             cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = only_run_dir(tmp_path)
@@ -91,6 +91,10 @@ def test_script_runs_and_logs(script, env_id, tmp_path):
     for tag in ["charts/episodic_return", "charts/SPS", "losses/value_loss", "losses/policy_loss",
                 "losses/entropy", "charts/learning_rate"]:
         assert len(scalars(run_dir, tag)) >= 1, tag
+    if script.stem.startswith("cora"):
+        for tag in ["core/epsilon", "core/violation_ratio", "core/alloc_std", "core/qp_ms", "core/coalition_ms",
+                    "losses/q_loss"]:
+            assert len(scalars(run_dir, tag)) >= 1, tag
     assert (run_dir / f"{script.stem}.cleanmarl_model").exists()
     summary = json.loads((run_dir / "eval.json").read_text())
     assert np.isfinite(summary["eval_return_mean"])

@@ -1,0 +1,199 @@
+"""CORA-MAPPO: the core QP (Eq. 24) against independent solvers and the paper's worked examples,
+coalition sampling, the closed-form quadratic critic, the Monte-Carlo estimator, and runs."""
+
+import itertools
+
+import daqp
+import numpy as np
+import osqp
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy.optimize import linprog
+
+from cleanmarl.cora_mappo import (QNet, QuadraticQ, all_coalitions, core_allocation, mc_coalition_q,
+                                  sample_coalitions, scale_allocation)
+from tests.test_scripts import ROOT, test_script_runs_and_logs
+
+CORA = ROOT / "cleanmarl" / "cora_mappo.py"
+
+
+def qp_matrices(M, v, AN, reg):
+    """Eq. (24) over x = (A, eps): min 1/2 x^T H x + f^T x, bl <= C x <= bu (row 0 an equality)."""
+    m, n = M.shape
+    H = np.diag(np.r_[np.full(n, 2 * reg), 0.0])
+    f = np.r_[-2 * reg * AN / n * np.ones(n), 1.0]
+    C = np.r_[np.r_[np.ones(n), 0.0][None], np.c_[M.astype(float), np.ones(m)], np.r_[np.zeros(n), 1.0][None]]
+    bl, bu = np.r_[AN, v, 0.0], np.r_[AN, np.full(m, np.inf), np.inf]
+    return H, f, C, bl, bu
+
+
+def solve_daqp(M, v, AN, reg):
+    H, f, C, bl, bu = qp_matrices(M, v, AN, reg)
+    sense = np.zeros(len(bl), dtype=np.int32)
+    sense[0] = 5  # equality
+    x, _, flag, _ = daqp.solve(H, f, C, np.minimum(bu, 1e30), bl, sense)
+    assert flag == 1
+    return x[:-1], x[-1]
+
+
+def solve_osqp(M, v, AN, reg):
+    H, f, C, bl, bu = qp_matrices(M, v, AN, reg)
+    prob = osqp.OSQP()
+    prob.setup(sp.csc_matrix(H), f, sp.csc_matrix(C), bl, bu, eps_abs=1e-10, eps_rel=1e-10, max_iter=200000,
+               polishing=True, verbose=False)
+    x = prob.solve(raise_error=True).x
+    return x[:-1], x[-1]
+
+
+def least_core_lp(M, v, AN):
+    """lambda = 0: the LP least-core value min eps."""
+    m, n = M.shape
+    r = linprog(np.r_[np.zeros(n), 1.0], A_ub=-np.c_[M.astype(float), np.ones(m)], b_ub=-v,
+                A_eq=np.r_[np.ones(n), 0.0][None], b_eq=[AN], bounds=[(None, None)] * n + [(0, None)], method="highs")
+    return r.x[-1]
+
+
+def random_problem(n, B, seed):
+    gen = torch.Generator().manual_seed(seed)
+    coalitions = sample_coalitions(n, 2 ** (n - 1) - 1 if n > 2 else 2, gen)
+    v = torch.randn(B, len(coalitions), generator=gen, dtype=torch.float64) * 3
+    AN = torch.randn(B, generator=gen, dtype=torch.float64) * 3
+    return coalitions, v, AN
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 6, 7, 8])
+@pytest.mark.parametrize("reg", [1e-2, 1.0])
+def test_core_allocation_matches_daqp_and_osqp(n, reg):
+    coalitions, v, AN = random_problem(n, 40, seed=n)
+    alloc, eps = core_allocation(coalitions, v, AN, reg)
+    M = coalitions.numpy()
+    for b in range(len(v)):
+        a_daqp, _ = solve_daqp(M, v[b].numpy(), AN[b].item(), reg)
+        assert np.abs(alloc[b].numpy() - a_daqp).max() <= 1e-4
+        if b < 10:  # OSQP is slow at tight tolerances
+            a_osqp, _ = solve_osqp(M, v[b].numpy(), AN[b].item(), reg)
+            assert np.abs(alloc[b].numpy() - a_osqp).max() <= 1e-4
+    torch.testing.assert_close(alloc.sum(1), AN)  # efficiency
+    assert (eps >= 0).all()
+    covered = alloc @ coalitions.double().T
+    assert (covered >= v - eps[:, None] - 1e-9).all()  # every sampled constraint holds with eps
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 8])
+def test_zero_reg_gives_the_lp_least_core_value(n):
+    coalitions, v, AN = random_problem(n, 30, seed=10 + n)
+    _, eps = core_allocation(coalitions, v, AN, 0.0)
+    lp = [least_core_lp(coalitions.numpy(), v[b].numpy(), AN[b].item()) for b in range(len(v))]
+    np.testing.assert_allclose(eps.numpy(), lp, atol=1e-6)
+
+
+def test_table_iii_example_2():
+    """Two agents: A_{1}(a_1) = 5, A_{2}(a_2) = -5, A_N = -5. Sharing gives both -5; the core
+    keeps agent 1's promising action: the least core is (2.5, -7.5) with eps = 2.5."""
+    coalitions = torch.tensor([[True, False], [False, True]])
+    v, AN = torch.tensor([[5.0, -5.0]], dtype=torch.float64), torch.tensor([-5.0], dtype=torch.float64)
+    alloc, eps = core_allocation(coalitions, v, AN, 0.0)
+    torch.testing.assert_close(alloc[0], torch.tensor([2.5, -7.5], dtype=torch.float64), atol=1e-6, rtol=0)
+    assert eps.item() == pytest.approx(2.5, abs=1e-6)
+    alloc, _ = core_allocation(coalitions, v, AN, 1e-2)  # the Std term only pulls slightly toward -2.5 each
+    assert alloc[0, 0] > 0 > alloc[0, 1] and alloc[0].sum().item() == pytest.approx(-5.0)
+
+
+def test_table_iv_three_agents():
+    """Pair coalitions only: A_12 = 1, A_13 = 0, A_23 = 5, A_N = -2. The least-core value is
+    10/3 (summing the three constraints), and coalition {2, 3} keeps a positive total credit
+    although the global advantage is negative."""
+    coalitions = torch.tensor([[1, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
+    v, AN = torch.tensor([[1.0, 0.0, 5.0]], dtype=torch.float64), torch.tensor([-2.0], dtype=torch.float64)
+    for reg in (0.0, 1e-2):
+        alloc, eps = core_allocation(coalitions, v, AN, reg)
+        a1, a2, a3 = alloc[0].tolist()
+        if reg == 0.0:
+            assert eps.item() == pytest.approx(10 / 3, abs=1e-6)
+        assert a2 + a3 >= 5 - eps.item() - 1e-9 and a2 + a3 > 0 > a1
+        assert a2 + a3 > a1 + a2 and a2 + a3 > a1 + a3  # the best coalition gets the most credit
+
+
+def test_allocation_scaling_keeps_the_core():
+    coalitions, v, AN = random_problem(4, 64, seed=3)
+    alloc, eps = core_allocation(coalitions, v, AN, 1e-2)
+    sigma = alloc.std() + 1e-8
+    scaled = scale_allocation(alloc)
+    torch.testing.assert_close(scaled.sum(1), AN / sigma)
+    assert (scaled @ coalitions.double().T >= (v - eps[:, None]) / sigma - 1e-9).all()
+    shifted = alloc - alloc.mean(0)  # a per-agent mean shift, for contrast, breaks efficiency
+    assert not torch.allclose(shifted.sum(1), AN)
+
+
+def test_sample_coalitions():
+    gen = torch.Generator().manual_seed(0)
+    for n in (2, 3, 5, 8):
+        every = all_coalitions(n)
+        assert every.shape == (2**n - 2, n) and len({tuple(r.tolist()) for r in every}) == 2**n - 2
+        assert every.any(1).all() and not every.all(1).any()  # proper, non-empty
+        m = 2 ** (n - 1) - 1
+        picked = sample_coalitions(n, m, gen)
+        assert picked.shape == (m, n) and len({tuple(r.tolist()) for r in picked}) == m
+        assert picked.any(1).all() and not picked.all(1).any()
+        assert torch.equal(sample_coalitions(n, 10**6, gen), every)
+
+
+def brute_force_coalition_q(value_fn, actions, probs, coalition, A):
+    """E_{a_-C ~ pi}[Q(s, a_C, a_-C)] by enumerating the joint actions of the agents outside C."""
+    n = len(coalition)
+    outside = [i for i in range(n) if not coalition[i]]
+    total = 0.0
+    for combo in itertools.product(range(A), repeat=len(outside)):
+        joint, weight = list(actions), 1.0
+        for i, a in zip(outside, combo):
+            joint[i] = a
+            weight *= probs[i, a].item()
+        total = total + weight * value_fn(torch.tensor(joint))
+    return total
+
+
+def test_quadratic_critic_closed_form_is_the_exact_expectation():
+    torch.manual_seed(0)
+    n, A, S, B = 4, 3, 5, 3
+    q = QuadraticQ(S, n, A, hidden=16).double()
+    state = torch.randn(B, S, dtype=torch.float64)
+    actions = torch.randint(0, A, (B, n))
+    probs = torch.softmax(torch.randn(B, n, A, dtype=torch.float64), -1)
+    coalitions = all_coalitions(n)
+    closed = q.coalition_q(state, actions, probs, coalitions)  # [B, m], min over the twins
+    for b in range(B):
+        for c, coalition in enumerate(coalitions.tolist()):
+            per_twin = brute_force_coalition_q(lambda joint: q(state[b : b + 1], joint[None])[:, 0], actions[b].tolist(),
+                                               probs[b], coalition, A)
+            assert closed[b, c].item() == pytest.approx(per_twin.min().item(), abs=1e-9)
+
+
+def test_monte_carlo_coalition_values_converge():
+    torch.manual_seed(0)
+    n, A, S, B = 3, 4, 5, 6
+    q = QNet(S, n, A, hidden=16).double()
+    state = torch.randn(B, S, dtype=torch.float64)
+    actions = torch.randint(0, A, (B, n))
+    probs = torch.softmax(torch.randn(B, n, A, dtype=torch.float64), -1)
+    coalitions = all_coalitions(n)
+    exact = torch.tensor([[brute_force_coalition_q(lambda joint: q(state[b : b + 1], joint[None])[0], actions[b].tolist(),
+                                                   probs[b], coalition, A).item()
+                           for coalition in coalitions.tolist()] for b in range(B)], dtype=torch.float64)
+    errors = []
+    for K in (4, 64, 4096):
+        torch.manual_seed(1)
+        mc_actions = torch.distributions.Categorical(probs=probs.unsqueeze(1).expand(-1, K, -1, -1)).sample()
+        with torch.no_grad():
+            errors.append((mc_coalition_q(q, state, actions, mc_actions, coalitions) - exact).abs().mean().item())
+    assert errors[2] < errors[1] < errors[0]
+    assert errors[2] < 0.02 * exact.abs().mean().item()
+
+
+@pytest.mark.parametrize("flags", [["--critic", "mc"], ["--critic", "quadratic"], ["--num-coalitions", "100"]])
+def test_cora_runs_on_a_matrix_game(flags, tmp_path):
+    test_script_runs_and_logs(CORA, "matrix:team", tmp_path, extra=flags)
+
+
+def test_cora_runs_on_vmas(tmp_path):
+    test_script_runs_and_logs(CORA, "vmas:navigation,max_steps=20,n_agents=3", tmp_path, extra=["--mc-samples", "4"])
