@@ -153,7 +153,7 @@ def sample_coalitions(n, m, generator=None, device=None):
 
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
-def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=60, tol=1e-13):
+def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol=1e-13):
     """Batched solve of Eq. (24) for B samples sharing one coalition set.
     coalitions [m, n] bool, coalition_adv [B, m], grand_adv [B] -> (alloc [B, n], eps [B]).
 
@@ -196,7 +196,7 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=60, tol
         rp = z @ G.T - s - h  # primal residual [B, p]
         mu = (s * lam).mean(1, keepdim=True)
         done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
-                & (rd.abs().amax(1, keepdim=True) < 1e-7 * scale))
+                & (rd.abs().amax(1, keepdim=True) < 1e-5 * scale))
         if it % 2 == 1 and bool(done.all()):
             break
         H = ((lam / s) @ outer).view(B, n, n) + torch.diag(qdiag)
@@ -408,14 +408,39 @@ class QuadraticQ(nn.Module):
         return torch.stack(out)
 
     def forward(self, state, actions):
-        return self.values(state, nn.functional.one_hot(actions, self.A).to(state.dtype))
+        """Q_j(s, a) for taken actions [B, n] -> [2, B]. With one-hot x only b, u_i[a_i] and
+        W_ij[a_i, a_j] matter, so just those 1 + n + P outputs of each head are computed."""
+        n, A = self.n, self.A
+        P = self.pi.shape[0]
+        agents = torch.arange(n, device=actions.device)
+        idx = torch.cat([torch.zeros_like(actions[:, :1]),  # b
+                         1 + agents * A + actions,  # u_i[a_i]
+                         1 + n * A + torch.arange(P, device=actions.device) * A * A
+                         + actions[:, self.pi] * A + actions[:, self.pj]], 1)  # W_ij[a_i, a_j]
+        out = []
+        for trunk, head in zip(self.trunk, self.out):
+            h = trunk(state)  # [B, H]
+            out.append(torch.einsum("bh,bkh->b", h, head.weight[idx]) + head.bias[idx].sum(1))
+        return torch.stack(out)
 
     def coalition_q(self, state, actions, policy_probs, coalitions, mc_samples=None):
-        """min_j Q_j(s, x) with x_i = onehot(a_i) for i in C, pi_i otherwise: [B, m], exact."""
-        M = coalitions.to(state.dtype)[None, :, :, None]  # [1, m, n, 1]
-        onehot = nn.functional.one_hot(actions, self.A).to(state.dtype)[:, None]  # [B, 1, n, A]
-        x = M * onehot + (1 - M) * policy_probs[:, None]  # [B, m, n, A]
-        return self.values(state, x).amin(0)
+        """min_j Q_j(s, x) with x_i = onehot(a_i) for i in C, pi_i otherwise: [B, m], exact.
+        Each x_i is one of two vectors, so each term of Q takes one of 2 (linear) or 4 (pairwise)
+        values per sample; every coalition's Q is a fixed 0/1 combination of them: one GEMM."""
+        dt = state.dtype
+        X = torch.stack([policy_probs.to(dt), nn.functional.one_hot(actions, self.A).to(dt)], 2)  # [B, n, 2, A]
+        inside = nn.functional.one_hot(coalitions.long(), 2).to(dt)  # [m, n, 2]: (outside, inside) of C
+        pick_lin = inside.flatten(1)  # [m, 2n]
+        pick_quad = (inside[:, self.pi, :, None] * inside[:, self.pj, None, :]).flatten(1)  # [m, 4P]
+        n, A, P = self.n, self.A, self.pi.shape[0]
+        out = []
+        for trunk, head in zip(self.trunk, self.out):
+            coef = head(trunk(state))
+            b, u, W = coef[:, :1], coef[:, 1 : 1 + n * A].view(-1, n, A), coef[:, 1 + n * A :].view(-1, P, A, A)
+            lin = torch.einsum("bia,bisa->bis", u, X)  # [B, n, 2]
+            quad = torch.einsum("bpsa,bpac,bptc->bpst", X[:, self.pi], W, X[:, self.pj])  # [B, P, 2, 2]
+            out.append(b + lin.flatten(1) @ pick_lin.T + quad.flatten(1) @ pick_quad.T)
+        return torch.stack(out).amin(0)
 
 
 class Critic(nn.Module):

@@ -197,3 +197,11 @@ def test_cora_runs_on_a_matrix_game(flags, tmp_path):
 
 def test_cora_runs_on_vmas(tmp_path):
     test_script_runs_and_logs(CORA, "vmas:navigation,max_steps=20,n_agents=3", tmp_path, extra=["--mc-samples", "4"])
+
+
+def test_quadratic_critic_gathered_forward_matches_the_full_form():
+    torch.manual_seed(0)
+    q = QuadraticQ(6, 4, 5, hidden=16).double()
+    state, actions = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 5, (7, 4))
+    full = q.values(state, torch.nn.functional.one_hot(actions, 5).double())
+    torch.testing.assert_close(q(state, actions), full)
