@@ -20,6 +20,7 @@ What this file implements, and where:
   Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
   per-agent PPO surrogates with the allocated A_i (l. 22-23) -> "PPO update" block
   allocation scaling that keeps the core constraints     -> `scale_allocation`
+  dead agents (step.active false) left out of the loss   -> `masked_mean`
 
 Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples;
 m coalitions, K Monte-Carlo samples, coalitions as bool masks [m, n].
@@ -329,8 +330,10 @@ class QNet(nn.Module):
         self.head = nn.Sequential(nn.Tanh(), layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
                                   layer_init(nn.Linear(hidden, 1), std=1.0))
 
-    def embeddings(self):
-        return self.action_in.weight.T.reshape(self.n, self.A, -1)  # e_i[a]: [n, A, H]
+    def agent_terms(self, actions):
+        """Each agent's share of the first layer, e_i[a_i]: actions [..., n] -> [..., n, H]."""
+        emb = self.action_in.weight.T.reshape(self.n, self.A, -1)  # [n, A, H]
+        return emb[torch.arange(self.n, device=actions.device), actions]
 
     def forward(self, state, actions):
         """state [..., S], actions [..., n] long -> Q [...]."""
@@ -345,14 +348,12 @@ def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk=1 << 22):
     coalitions [m, n] bool -> [B, m]."""
     B, K, n = mc_actions.shape
     m, M = coalitions.shape[0], coalitions.to(state.dtype)
-    emb = q.embeddings()  # [n, A, H]
-    agents = torch.arange(n, device=state.device)
     out = []
-    step = max(1, chunk // (m * K * emb.shape[-1]))
+    step = max(1, chunk // (m * K * q.action_in.out_features))
     for lo in range(0, B, step):  # memory chunks of the batch, not per-sample work
         sl = slice(lo, lo + step)
-        e_taken = emb[agents, actions[sl]]  # [b, n, H]
-        e_mc = emb[agents, mc_actions[sl]]  # [b, K, n, H]
+        e_taken = q.agent_terms(actions[sl])  # [b, n, H]
+        e_mc = q.agent_terms(mc_actions[sl])  # [b, K, n, H]
         base = q.state_in(state[sl]) + q.action_in.bias  # [b, H]
         # h1[b, c, k] = base + sum_i M[c, i] e_taken[b, i] + (1 - M[c, i]) e_mc[b, k, i]
         h1 = (base[:, None, None] + torch.einsum("ci,bih->bch", M, e_taken)[:, :, None]
@@ -371,9 +372,9 @@ class TwinQ(nn.Module):
     def forward(self, state, actions):
         return torch.stack([q(state, actions) for q in self.qs])  # [2, ...]
 
-    def coalition_q(self, state, actions, policy_probs, coalitions, mc_samples):
-        """min_j (1/K) sum_k Q_j(s, a_C, a^k_-C): [B, m], a^k_-C drawn from policy_probs [B, n, A]."""
-        mc_actions = Categorical(probs=policy_probs.unsqueeze(1).expand(-1, mc_samples, -1, -1)).sample()  # [B, K, n]
+    def coalition_q(self, state, actions, policy, coalitions, mc_samples):
+        """min_j (1/K) sum_k Q_j(s, a_C, a^k_-C): [B, m], a^k drawn from the policy (over [B, n])."""
+        mc_actions = policy.sample((mc_samples,)).transpose(0, 1)  # [B, K, n]
         return torch.minimum(*(mc_coalition_q(q, state, actions, mc_actions, coalitions) for q in self.qs))
 
 
@@ -423,12 +424,12 @@ class QuadraticQ(nn.Module):
             out.append(torch.einsum("bh,bkh->b", h, head.weight[idx]) + head.bias[idx].sum(1))
         return torch.stack(out)
 
-    def coalition_q(self, state, actions, policy_probs, coalitions, mc_samples=None):
+    def coalition_q(self, state, actions, policy, coalitions, mc_samples=None):
         """min_j Q_j(s, x) with x_i = onehot(a_i) for i in C, pi_i otherwise: [B, m], exact.
         Each x_i is one of two vectors, so each term of Q takes one of 2 (linear) or 4 (pairwise)
         values per sample; every coalition's Q is a fixed 0/1 combination of them: one GEMM."""
         dt = state.dtype
-        X = torch.stack([policy_probs.to(dt), nn.functional.one_hot(actions, self.A).to(dt)], 2)  # [B, n, 2, A]
+        X = torch.stack([policy.probs.to(dt), nn.functional.one_hot(actions, self.A).to(dt)], 2)  # [B, n, 2, A]
         inside = nn.functional.one_hot(coalitions.long(), 2).to(dt)  # [m, n, 2]: (outside, inside) of C
         pick_lin = inside.flatten(1)  # [m, 2n]
         pick_quad = (inside[:, self.pi, :, None] * inside[:, self.pj, None, :]).flatten(1)  # [m, 4P]
@@ -538,10 +539,10 @@ if __name__ == "__main__":
         v = critic(state)
         return value_rms.denormalize(v) if args.value_norm else v
 
-    def coalition_adv_of(state, actions, probs, coalitions):
+    def coalition_adv_of(state, actions, policy, coalitions):
         """Eq. (7): A_C = min_j E[Q_j(s, a_C, a_-C)] - V(s) in return units [B, m]; the Q critics
         share V's target normalization (affine, so it commutes with the expectation)."""
-        q = twin_q.coalition_q(state, actions, probs, coalitions, args.mc_samples)
+        q = twin_q.coalition_q(state, actions, policy, coalitions, args.mc_samples)
         q = value_rms.denormalize(q) if args.value_norm else q
         return q - value_of(state).unsqueeze(-1)
 
@@ -635,15 +636,16 @@ if __name__ == "__main__":
             with torch.no_grad():
                 t0 = time.perf_counter()
                 coalitions = sample_coalitions(n, m, coalition_gen, device)  # [m, n], redrawn every update
-                probs = actor.dist(b_obs, b_avail).probs  # [B, n, A], the current policies
-                coalition_adv = coalition_adv_of(b_state, b_actions, probs, coalitions)  # [B, m]
+                policy = actor.dist(b_obs, b_avail)  # the current policies, over [B, n]
+                coalition_adv = coalition_adv_of(b_state, b_actions, policy, coalitions)  # [B, m]
                 t1 = time.perf_counter()
                 b_alloc, eps = core_allocation(coalitions, coalition_adv, b_advantages, args.core_reg)  # [B, n]
                 t2 = time.perf_counter()
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:
                     k = min(args.violation_samples, args.batch_size)
-                    full_adv = coalition_adv_of(b_state[:k], b_actions[:k], probs[:k], every_coalition)
+                    full_adv = coalition_adv_of(b_state[:k], b_actions[:k], actor.dist(b_obs[:k], b_avail[:k]),
+                                                every_coalition)
                     covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
                     violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
             clipfracs = []

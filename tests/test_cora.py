@@ -161,7 +161,7 @@ def test_quadratic_critic_closed_form_is_the_exact_expectation():
     actions = torch.randint(0, A, (B, n))
     probs = torch.softmax(torch.randn(B, n, A, dtype=torch.float64), -1)
     coalitions = all_coalitions(n)
-    closed = q.coalition_q(state, actions, probs, coalitions)  # [B, m], min over the twins
+    closed = q.coalition_q(state, actions, torch.distributions.Categorical(probs=probs), coalitions)  # [B, m]
     for b in range(B):
         for c, coalition in enumerate(coalitions.tolist()):
             per_twin = brute_force_coalition_q(lambda joint: q(state[b : b + 1], joint[None])[:, 0], actions[b].tolist(),
@@ -205,3 +205,33 @@ def test_quadratic_critic_gathered_forward_matches_the_full_form():
     state, actions = torch.randn(7, 6, dtype=torch.float64), torch.randint(0, 5, (7, 4))
     full = q.values(state, torch.nn.functional.one_hot(actions, 5).double())
     torch.testing.assert_close(q(state, actions), full)
+
+
+CORA_CONT = ROOT / "cleanmarl" / "cora_mappo_continuous.py"
+
+
+def test_continuous_quadratic_critic_uses_the_policy_means():
+    """With independent Gaussian policies, E[Q(s, a_C, a_-C)] of the quadratic critic is Q at the
+    means of the agents outside C (no within-agent square terms): compare with 200k samples."""
+    from cleanmarl.cora_mappo_continuous import QuadraticQ as QuadraticQCont
+
+    torch.manual_seed(0)
+    n, D, S = 3, 2, 4
+    q = QuadraticQCont(S, n, D, hidden=16).double()
+    state = torch.randn(1, S, dtype=torch.float64)
+    actions = torch.randn(1, n, D, dtype=torch.float64)
+    policy = torch.distributions.Normal(torch.randn(1, n, D, dtype=torch.float64), torch.full((1, n, D), 0.7, dtype=torch.float64))
+    coalitions = all_coalitions(n)
+    closed = q.coalition_q(state, actions, policy, coalitions)  # [1, m]
+    draws = policy.sample((200_000,))[:, 0]  # [K, n, D]
+    M = coalitions.double()[:, None, :, None]  # [m, 1, n, 1]
+    x = M * actions[0] + (1 - M) * draws  # [m, K, n, D]
+    with torch.no_grad():
+        mc = q.values(state, x.unsqueeze(0)).mean(-1).amin(0)  # [1, m]
+    torch.testing.assert_close(closed, mc, atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("env_id,flags", [("diff:5agents", ["--critic", "mc"]), ("diff:2agents", ["--critic", "quadratic"]),
+                                          ("vmas:give_way,max_steps=20", ["--mc-samples", "4"])])
+def test_cora_continuous_runs(env_id, flags, tmp_path):
+    test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
