@@ -21,6 +21,7 @@ What this file implements, and where:
   Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with the mean mu_j for j outside C
                                                          -> `QuadraticQ.coalition_q`
   Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
+    (per-sample OSQP reference: `--qp-solver osqp`)     -> `core_allocation_osqp`
   per-agent PPO surrogates with the allocated A_i (l. 22-23) -> "PPO update" block
   allocation scaling that keeps the core constraints     -> `scale_allocation`
 
@@ -127,6 +128,8 @@ class Args:
     """K, Monte-Carlo samples of the other agents' actions per coalition (Table V: 16 or 64)"""
     core_reg: float = 1e-2
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
+    qp_solver: Literal["ipm", "osqp"] = "ipm"
+    """Eq. (24) solver: "ipm" batched interior point; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
     violation_samples: int = 256
@@ -224,6 +227,34 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol
     A = z[:, : n - 1] @ Z.T + AN[:, None] / n
     eps = (v - A @ M.T).amax(1).clamp(min=0.0)
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+
+
+def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
+    """Eq. (24) with OSQP, one sample at a time (the reference path; needs `pip install osqp`).
+    Tight tolerances and polishing: OSQP's defaults are off by up to 0.1 on this problem."""
+    import osqp
+    import scipy.sparse as sparse
+
+    B, m = coalition_adv.shape
+    n = coalitions.shape[-1]
+    M = coalitions.cpu().double().numpy()
+    v, AN = coalition_adv.cpu().double().numpy(), grand_adv.cpu().double().numpy()
+    P = sparse.diags(np.r_[np.full(n, 2.0 * reg), 0.0]).tocsc()  # x = (A, eps)
+    C = sparse.csc_matrix(np.r_[np.r_[np.ones(n), 0.0][None], np.c_[M, np.ones(m)], np.r_[np.zeros(n), 1.0][None]])
+    alloc = np.zeros((B, n))
+    solver = None
+    for b in range(B):  # the reference is a per-sample loop by design
+        q = np.r_[np.full(n, -2.0 * reg * AN[b] / n), 1.0]
+        lo, hi = np.r_[AN[b], v[b], 0.0], np.r_[AN[b], np.full(m + 1, np.inf)]
+        if solver is None:
+            solver = osqp.OSQP()
+            solver.setup(P, q, C, lo, hi, eps_abs=1e-9, eps_rel=1e-9, max_iter=200_000, polishing=True, verbose=False)
+        else:
+            solver.update(q=q, l=lo, u=hi)
+        alloc[b] = solver.solve(raise_error=True).x[:n]
+    alloc = torch.as_tensor(alloc, dtype=coalition_adv.dtype, device=coalition_adv.device)
+    eps = (coalition_adv - alloc @ coalitions.to(alloc.dtype).T).amax(1).clamp(min=0.0)
+    return alloc, eps
 
 
 def scale_allocation(alloc):
@@ -501,6 +532,12 @@ if __name__ == "__main__":
     if args.mc_samples < 1 or args.core_reg < 0:
         fail("--mc-samples must be >= 1 and --core-reg >= 0")
     m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
+    if args.qp_solver == "osqp":
+        try:
+            import osqp  # noqa: F401
+            import scipy  # noqa: F401
+        except ImportError:
+            fail("--qp-solver osqp needs OSQP and SciPy: pip install osqp scipy")
 
     if args.track:
         try:
@@ -623,7 +660,8 @@ if __name__ == "__main__":
                 policy = actor.dist(b_obs)  # the current policies, over [B, n, D]
                 coalition_adv = coalition_adv_of(b_state, b_actions, policy, coalitions)  # [B, m]
                 t1 = time.perf_counter()
-                b_alloc, eps = core_allocation(coalitions, coalition_adv, b_advantages, args.core_reg)  # [B, n]
+                solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
+                b_alloc, eps = solve(coalitions, coalition_adv, b_advantages, args.core_reg)  # [B, n]
                 t2 = time.perf_counter()
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:

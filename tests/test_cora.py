@@ -235,3 +235,17 @@ def test_continuous_quadratic_critic_uses_the_policy_means():
                                           ("vmas:give_way,max_steps=20", ["--mc-samples", "4"])])
 def test_cora_continuous_runs(env_id, flags, tmp_path):
     test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
+
+
+def test_osqp_reference_path_matches_the_batched_solver():
+    from cleanmarl.cora_mappo import core_allocation_osqp
+
+    coalitions, v, AN = random_problem(6, 30, seed=21)
+    a_ipm, e_ipm = core_allocation(coalitions, v, AN, 1e-2)
+    a_osqp, e_osqp = core_allocation_osqp(coalitions, v, AN, 1e-2)
+    torch.testing.assert_close(a_osqp, a_ipm, atol=1e-4, rtol=0)
+    torch.testing.assert_close(e_osqp, e_ipm, atol=1e-4, rtol=0)
+
+
+def test_cora_runs_with_the_osqp_reference(tmp_path):
+    test_script_runs_and_logs(CORA, "matrix:climbing", tmp_path, extra=["--qp-solver", "osqp"])
