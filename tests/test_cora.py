@@ -153,14 +153,19 @@ def brute_force_coalition_q(value_fn, actions, probs, coalition, A):
     return total
 
 
-def test_quadratic_critic_closed_form_is_the_exact_expectation():
+def critic_inputs(n, A, S, B):
+    """Random states [B, S], taken actions [B, n] and policies [B, n, A], seeded."""
     torch.manual_seed(0)
-    n, A, S, B = 4, 3, 5, 3
-    q = QuadraticQ(S, n, A, hidden=16).double()
     state = torch.randn(B, S, dtype=torch.float64)
     actions = torch.randint(0, A, (B, n))
     probs = torch.softmax(torch.randn(B, n, A, dtype=torch.float64), -1)
-    coalitions = all_coalitions(n)
+    return state, actions, probs, all_coalitions(n)
+
+
+def test_quadratic_critic_closed_form_is_the_exact_expectation():
+    n, A, S, B = 4, 3, 5, 3
+    state, actions, probs, coalitions = critic_inputs(n, A, S, B)
+    q = QuadraticQ(S, n, A, hidden=16).double()
     closed = q.coalition_q(state, actions, torch.distributions.Categorical(probs=probs), coalitions)  # [B, m]
     for b in range(B):
         for c, coalition in enumerate(coalitions.tolist()):
@@ -170,13 +175,9 @@ def test_quadratic_critic_closed_form_is_the_exact_expectation():
 
 
 def test_monte_carlo_coalition_values_converge():
-    torch.manual_seed(0)
     n, A, S, B = 3, 4, 5, 6
+    state, actions, probs, coalitions = critic_inputs(n, A, S, B)
     q = QNet(S, n, A, hidden=16).double()
-    state = torch.randn(B, S, dtype=torch.float64)
-    actions = torch.randint(0, A, (B, n))
-    probs = torch.softmax(torch.randn(B, n, A, dtype=torch.float64), -1)
-    coalitions = all_coalitions(n)
     exact = torch.tensor([[brute_force_coalition_q(lambda joint: q(state[b : b + 1], joint[None])[0], actions[b].tolist(),
                                                    probs[b], coalition, A).item()
                            for coalition in coalitions.tolist()] for b in range(B)], dtype=torch.float64)
