@@ -2,7 +2,6 @@
 missing-package messages, and MAPPO/HAPPO end to end with dead agents and win rates."""
 
 import json
-import os
 import runpy
 import sys
 import types

@@ -93,6 +93,11 @@ class MultiAgentEnv:
     def _active(self) -> torch.Tensor:
         return self._all_active
 
+    def _split_shared(self, reward: torch.Tensor) -> torch.Tensor:
+        """A shared team reward [E] as equal individual rewards [E,n] that sum to it."""
+        n = self.spec.n_agents
+        return (reward / n).unsqueeze(-1).expand(-1, n)
+
     # -- the public interface ------------------------------------------------------------
     def reset(self) -> Step:
         E, n = self.num_envs, self.spec.n_agents

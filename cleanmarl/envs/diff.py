@@ -88,7 +88,6 @@ class DifferentialGame(MultiAgentEnv):
         return obs, torch.ones(E, 1, device=self.device), obs, avail
 
     def _transition(self, actions):
-        n = self.spec.n_agents
         reward = self.reward(actions[..., 0])  # [E]
         terminated = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
-        return (reward / n).unsqueeze(-1).expand(-1, n), terminated, None
+        return self._split_shared(reward), terminated, None

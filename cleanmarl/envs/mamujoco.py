@@ -90,7 +90,7 @@ class MaMuJoCo(MultiAgentEnv):
 
     def _transition(self, actions):
         acts = actions.detach().cpu().numpy()
-        E, n = acts.shape[:2]
+        E = acts.shape[0]
         reward = np.zeros(E, dtype=np.float32)
         terminated = np.zeros(E, dtype=bool)
         for i, env in enumerate(self.envs):
@@ -99,7 +99,7 @@ class MaMuJoCo(MultiAgentEnv):
             terminated[i] = any(term.values())
             self._record(i, obs)
         reward = torch.as_tensor(reward, device=self.device)
-        return (reward / n).unsqueeze(-1).expand(-1, n), torch.as_tensor(terminated, device=self.device), None
+        return self._split_shared(reward), torch.as_tensor(terminated, device=self.device), None
 
     def close(self):
         for env in self.envs:

@@ -107,5 +107,4 @@ class MatrixGame(MultiAgentEnv):
     def _transition(self, actions):
         reward = self.payoff(self._t, actions)
         terminated = self._t + 1 >= self.spec.episode_limit
-        n = self.spec.n_agents
-        return (reward / n).unsqueeze(-1).expand(-1, n), terminated, None
+        return self._split_shared(reward), terminated, None

@@ -140,7 +140,7 @@ class StarCraftEnv(MultiAgentEnv):
 
     def _transition(self, actions):
         acts = actions.cpu().numpy()
-        E, n = acts.shape
+        E = acts.shape[0]
         reward = np.zeros(E, dtype=np.float32)
         terminated = np.zeros(E, dtype=bool)
         won = np.zeros(E, dtype=bool)
@@ -151,7 +151,7 @@ class StarCraftEnv(MultiAgentEnv):
             won[i] = bool(info.get("battle_won", False))
             self._record(i)
         reward = torch.as_tensor(reward, device=self.device)
-        return ((reward / n).unsqueeze(-1).expand(-1, n), torch.as_tensor(terminated, device=self.device),
+        return (self._split_shared(reward), torch.as_tensor(terminated, device=self.device),
                 torch.as_tensor(won, device=self.device))
 
     def close(self):
