@@ -1,0 +1,846 @@
+"""CORA-HAPPO for discrete actions: core credit assignment in HAPPO's sequential update.
+
+Papers: "CORA: Core Credit Assignment for Multi-Agent Policy Gradients" (../shared/papers, Alg. 1)
+and Kuba et al., "Trust Region Policy Optimisation in Multi-Agent Reinforcement Learning", ICLR 2022.
+Idea: HAPPO (see happo.py) updates the agents one after another in a fresh random order, agent
+i_k maximizing M * min(r A, clip(r) A) with M = prod_{j<k} pi_new(a_{i_j}) / pi_old(a_{i_j}) the
+ratios of the agents already updated; every agent gets the same global advantage A_N. CORA-HAPPO
+keeps that sequential update and replaces A_N in agent i's surrogate by its own share A_i of the
+regularized least epsilon-core allocation (see cora_mappo.py): coalitions with a high advantage
+get at least that much credit in total, so a good partial joint action is not punished for the
+others' bad exploration.
+Choices (the CORA paper evaluates CORA-PPO, gives no CORA-HAPPO algorithm, and its Theorem 8
+derives per-agent updates r_i A_i under one joint trust region):
+  - the allocation is computed once per rollout, before the sequential update, from the
+    policies that collected the rollout (as in CORA-MAPPO), and is not recomputed between agents;
+  - the factor M is HAPPO's, unchanged: agent i_k maximizes M * min(r A_{i_k}, clip(r) A_{i_k});
+  - the allocation is scaled per minibatch by one common std over all agents (`scale_allocation`,
+    which keeps the core constraints) in place of HAPPO's advantage normalization;
+  - the value critic and both Q critics are trained after the actors.
+Defaults follow Table V of the CORA paper for matrix games (this script's main family).
+
+Run:  python cleanmarl/cora_happo.py --env-id matrix:penalty
+      python cleanmarl/cora_happo.py --env-id matrix:team --critic quadratic
+
+What this file implements, and where:
+  GAE for the grand coalition A_N (Alg. 1 l. 19)        -> `compute_gae`
+  twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "critics" block
+  m sampled coalitions (l. 13)                           -> `sample_coalitions`
+  Eq. (7), Monte-Carlo: A_C = min_j 1/K sum_k Q_j(s, a_C, a^k_-C) - V(s) -> `mc_coalition_q`
+  Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with pi_j for j outside C
+                                                         -> `QuadraticQ.coalition_q`
+  Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
+    (per-sample OSQP reference: `--qp-solver osqp`)     -> `core_allocation_osqp`
+  allocation scaling that keeps the core constraints     -> `scale_allocation`
+  HAPPO surrogate with the allocated A_i, M * min(r A_i, clip(r) A_i) -> `happo_surrogate`
+  sequential update in a random order, M *= r_{i_k}    -> `sequential_actor_update`
+  clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+  dead agents (step.active false) left out of the loss -> `masked_mean`
+
+Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples;
+m coalitions, K Monte-Carlo samples, coalitions as bool masks [m, n].
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
+from cleanmarl.envs import EnvError, make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environment)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run on CUDA when available (the env tensors live there too)"""
+    track: bool = False
+    """if toggled, log to Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "cleanmarl"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, record videos of the evaluation episodes (no env family here renders yet)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint to runs/{run_name}/ and evaluate it greedily"""
+    eval_episodes: int = 10
+    """number of greedy evaluation episodes after training (with --save-model)"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest and stable on small shared machines)"""
+
+    # Environment
+    env_id: str = "matrix:team"
+    """the id of the environment, `family:scenario` (see README)"""
+    total_timesteps: int = 100_000
+    """total environment steps (summed over parallel envs)"""
+    num_envs: int = 4
+    """the number of parallel environments"""
+    num_steps: int = 100
+    """the number of steps per environment per rollout"""
+
+    # PPO
+    learning_rate: float = 5e-4
+    """the learning rate of each agent's actor"""
+    critic_learning_rate: float = 5e-3
+    """the learning rate of the value critic and of the twin Q critics"""
+    anneal_lr: bool = True
+    """toggle linear annealing of both learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 1
+    """the number of minibatches per epoch (over env-steps)"""
+    update_epochs: int = 10
+    """the number of PPO epochs per rollout (for each agent, and for the critic)"""
+    clip_coef: float = 0.3
+    """the PPO surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """toggle clipping of the value loss around the rollout's values (same coefficient)"""
+    value_norm: bool = True
+    """toggle normalization of value targets by running statistics"""
+    huber_delta: float = 10.0
+    """delta of the Huber value loss; 0 uses the squared error"""
+    ent_coef: float = 1e-3
+    """the entropy bonus coefficient"""
+    max_grad_norm: float = 10.0
+    """the maximum gradient norm of the actor and of the critic"""
+    target_kl: Optional[float] = None
+    """stop an agent's epochs early once its approximate KL exceeds this"""
+    hidden_dim: int = 64
+    """width of the two hidden layers of actor and critic"""
+
+    # CORA
+    critic: Literal["mc", "quadratic"] = "mc"
+    """coalition values: "mc" twin MLP critics with Monte-Carlo marginalization, "quadratic" the closed-form CORA-PPO-QC critic"""
+    num_coalitions: int = -1
+    """coalitions sampled per update; -1: 2^(n-1)-1 as in the paper; >= 2^n-2: all proper subsets"""
+    mc_samples: int = 16
+    """K, Monte-Carlo samples of the other agents' actions per coalition (Table V: 16 or 64)"""
+    core_reg: float = 1e-2
+    """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
+    qp_solver: Literal["ipm", "osqp"] = "ipm"
+    """Eq. (24) solver: "ipm" batched interior point; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
+    scale_alloc: bool = True
+    """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
+    violation_samples: int = 256
+    """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """env-steps per rollout (num_envs * num_steps)"""
+    minibatch_size: int = 0
+    """env-steps per minibatch"""
+    num_iterations: int = 0
+    """number of rollouts"""
+
+
+def all_coalitions(n, device=None):
+    """Every proper non-empty subset of n agents as bool masks [2^n - 2, n]."""
+    codes = torch.arange(1, 2**n - 1, device=device)
+    return (codes.unsqueeze(-1) >> torch.arange(n, device=device)) & 1 == 1
+
+
+def sample_coalitions(n, m, generator=None, device=None):
+    """Alg. 1 line 13: m distinct coalitions drawn uniformly from the proper non-empty subsets
+    [min(m, 2^n-2), n] (all of them when m >= 2^n - 2)."""
+    coalitions = all_coalitions(n, device)
+    if m >= len(coalitions):
+        return coalitions
+    return coalitions[torch.randperm(len(coalitions), generator=generator)[:m].to(coalitions.device)]
+
+
+# Eq. (24): regularized least epsilon-core,
+#   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
+def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol=1e-13):
+    """Batched solve of Eq. (24) for B samples sharing one coalition set.
+    coalitions [m, n] bool, coalition_adv [B, m], grand_adv [B] -> (alloc [B, n], eps [B]).
+
+    A primal-dual interior-point method (Mehrotra predictor-corrector) in float64 over the whole
+    batch: with x = A - A_N/n = Z y (Z an orthonormal basis of sum-zero vectors) the problem is
+    min eps + reg |y|^2 over z = (y, eps) subject to G z >= h, where G = [[M Z, 1], [0, 1]] is the
+    same for every sample, so each Newton step is a few GEMMs and one batched n x n Cholesky.
+    The returned eps is the tightest one for the returned allocation."""
+    dt, dev = torch.float64, coalition_adv.device
+    B, m = coalition_adv.shape
+    n = coalitions.shape[-1]
+    M = coalitions.to(dt)  # [m, n]
+    v, AN = coalition_adv.to(dt), grand_adv.to(dt)
+    if n == 1:
+        eps = (v - AN[:, None] * M[:, 0]).amax(1).clamp(min=0.0)
+        return AN[:, None].to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+    Z = torch.linalg.qr(torch.eye(n, dtype=dt, device=dev) - 1.0 / n)[0][:, : n - 1]  # [n, n-1], 1^T Z = 0
+    p = m + 1  # coalition rows and eps >= 0
+    G = torch.zeros(p, n, dtype=dt, device=dev)
+    G[:m, : n - 1] = M @ Z
+    G[:, n - 1] = 1.0
+    h = torch.cat([v - M.sum(-1) * AN[:, None] / n, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, p]
+    qdiag = torch.full((n,), 2.0 * reg, dtype=dt, device=dev)  # Hessian of the objective in z
+    qdiag[-1] = 0.0
+    c = torch.zeros(n, dtype=dt, device=dev)  # gradient of the linear part: eps
+    c[-1] = 1.0
+    outer = (G[:, :, None] * G[:, None, :]).reshape(p, n * n)  # rows g g^T, for G^T D G as one GEMM
+    eye = torch.eye(n, dtype=dt, device=dev)
+    scale = h.abs().amax(1, keepdim=True).clamp(min=1.0)  # [B, 1], for relative tolerances
+    z = torch.zeros(B, n, dtype=dt, device=dev)
+    s = scale.expand(B, p).clone()  # slacks G z - h
+    lam = torch.ones(B, p, dtype=dt, device=dev)  # multipliers
+
+    def step_to_boundary(x, dx):
+        ratio = torch.where(dx < 0, x / (-dx).clamp(min=1e-300), torch.full_like(x, float("inf")))
+        return ratio.amin(1, keepdim=True).clamp(max=1.0)
+
+    for it in range(max_iters):
+        rd = z * qdiag + c - lam @ G  # dual residual [B, n]
+        rp = z @ G.T - s - h  # primal residual [B, p]
+        mu = (s * lam).mean(1, keepdim=True)
+        done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
+                & (rd.abs().amax(1, keepdim=True) < 1e-5 * scale))
+        if it % 2 == 1 and bool(done.all()):
+            break
+        H = ((lam / s) @ outer).view(B, n, n) + torch.diag(qdiag)
+        H = H + (1e-14 * H.diagonal(dim1=1, dim2=2).amax(1) + 1e-14)[:, None, None] * eye  # PD when reg = 0
+        L, info = torch.linalg.cholesky_ex(H)
+
+        def newton(rc):  # reduced KKT system, rc the complementarity target
+            dz = torch.cholesky_solve((-rd + ((rc - lam * rp) / s) @ G).unsqueeze(-1), L).squeeze(-1)
+            ds = dz @ G.T + rp
+            return dz, ds, (rc - lam * ds) / s
+
+        dz, ds, dl = newton(-s * lam)  # predictor
+        a = torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
+        sigma = (((s + a * ds) * (lam + a * dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
+        dz, ds, dl = newton(-s * lam + sigma * mu - ds * dl)  # corrector
+        a = 0.99 * torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
+        frozen = done | (info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True)
+        a = torch.where(frozen, 0.0, a)  # converged samples stay put
+        z, s, lam = z + a * torch.nan_to_num(dz), s + a * torch.nan_to_num(ds), lam + a * torch.nan_to_num(dl)
+    A = z[:, : n - 1] @ Z.T + AN[:, None] / n
+    eps = (v - A @ M.T).amax(1).clamp(min=0.0)
+    return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+
+
+def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
+    """Eq. (24) with OSQP, one sample at a time (the reference path; needs `pip install osqp`).
+    Tight tolerances and polishing: OSQP's defaults are off by up to 0.1 on this problem."""
+    import osqp
+    import scipy.sparse as sparse
+
+    B, m = coalition_adv.shape
+    n = coalitions.shape[-1]
+    M = coalitions.cpu().double().numpy()
+    v, AN = coalition_adv.cpu().double().numpy(), grand_adv.cpu().double().numpy()
+    P = sparse.diags(np.r_[np.full(n, 2.0 * reg), 0.0]).tocsc()  # x = (A, eps)
+    C = sparse.csc_matrix(np.r_[np.r_[np.ones(n), 0.0][None], np.c_[M, np.ones(m)], np.r_[np.zeros(n), 1.0][None]])
+    alloc = np.zeros((B, n))
+    solver = None
+    for b in range(B):  # the reference is a per-sample loop by design
+        q = np.r_[np.full(n, -2.0 * reg * AN[b] / n), 1.0]
+        lo, hi = np.r_[AN[b], v[b], 0.0], np.r_[AN[b], np.full(m + 1, np.inf)]
+        if solver is None:
+            solver = osqp.OSQP()
+            solver.setup(P, q, C, lo, hi, eps_abs=1e-9, eps_rel=1e-9, max_iter=200_000, polishing=True, verbose=False)
+        else:
+            solver.update(q=q, l=lo, u=hi)
+        alloc[b] = solver.solve(raise_error=True).x[:n]
+    alloc = torch.as_tensor(alloc, dtype=coalition_adv.dtype, device=coalition_adv.device)
+    eps = (coalition_adv - alloc @ coalitions.to(alloc.dtype).T).amax(1).clamp(min=0.0)
+    return alloc, eps
+
+
+def scale_allocation(alloc):
+    """Divide the allocations [M, n] by one common std. A shared positive scale keeps efficiency
+    and every core constraint (both sides scale alike); a per-agent mean shift would not."""
+    return alloc / (alloc.std() + 1e-8)
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE over time. rewards, values, dones [T, E] (dones[t]: the episode was over before step t);
+    next_value, next_done [E] after the last step. Returns advantages [T, E]."""
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(T)):  # a recursion over time; batched over envs
+        nextnonterminal = 1.0 - (next_done if t == T - 1 else dones[t + 1])
+        nextvalues = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def masked_mean(x, mask):
+    """Mean of x over the entries where mask is true (dead agents' steps are left out)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
+    """Clipped value loss (MAPPO): max of the losses of the new and of the clipped value."""
+    def err(x):
+        if huber_delta > 0:
+            return nn.functional.huber_loss(x, target, reduction="none", delta=huber_delta)
+        return 0.5 * (x - target) ** 2
+
+    if not clip:
+        return err(new_v).mean()
+    clipped = old_v + (new_v - old_v).clamp(-clip_coef, clip_coef)
+    return torch.max(err(new_v), err(clipped)).mean()
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of value targets (parallel-variance update)."""
+
+    def __init__(self, eps: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("count", torch.tensor(eps))
+
+    def update(self, x):
+        batch_mean, batch_var, n = x.mean(), x.var(unbiased=False), x.numel()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return (x - self.mean) / torch.sqrt(self.var + 1e-8)
+
+    def denormalize(self, x):
+        return x * torch.sqrt(self.var + 1e-8) + self.mean
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden, out_dim, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+class Actors(nn.Module):
+    """One policy network per agent (no parameter sharing), each with its own optimizer.
+    forward: all agents at once, obs [..., n, obs_dim] -> masked logits [..., n, A], by stacking
+    the agents' weights (one batched matmul per layer, no loop over samples); agent(k, ...):
+    agent k alone, which is what its sequential update differentiates."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, out_std=0.01) for _ in range(n_agents))
+
+    def forward(self, obs, avail):
+        x = obs
+        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
+            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
+            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
+            x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            if i + 1 < len(self.agents[0]):
+                x = torch.tanh(x)
+        return x.masked_fill(~avail, -1e10)
+
+    def dist(self, obs, avail):
+        return Categorical(logits=self(obs, avail))
+
+    def agent_dist(self, k, obs_k, avail_k):
+        """Agent k's policy on its own observations obs_k [..., obs_dim]."""
+        return Categorical(logits=self.agents[k](obs_k).masked_fill(~avail_k, -1e10))
+
+
+def happo_surrogate(ratio, adv, factor, clip_coef):
+    """HAPPO's clipped surrogate (to maximize) per sample: M * min(r A, clip(r, 1-c, 1+c) A)."""
+    return factor * torch.min(ratio * adv, ratio.clamp(1 - clip_coef, 1 + clip_coef) * adv)
+
+
+def sequential_actor_update(actors, optimizers, perm, b_obs, b_avail, b_active, b_actions, b_logprobs, b_alloc,
+                            args):
+    """Update the agents one at a time in the order `perm`. Agent perm[k]'s surrogate is weighted
+    by M, the product of the new/old probability ratios of perm[0..k-1] after their updates,
+    and uses the agent's own allocated advantage A_{perm[k]}.
+    b_obs [B,n,obs_dim], b_avail [B,n,A], b_active, b_actions, b_logprobs [B,n], b_alloc [B,n] (the allocated A_i).
+    Returns the factor M each agent used [n, B] and the last minibatch's statistics."""
+    B = b_alloc.shape[0]
+    factor = torch.ones(B, device=b_alloc.device)  # M for the next agent in the order
+    factors = torch.ones(b_logprobs.shape[1], B, device=b_alloc.device)  # [n, B]
+    stats = {"clipfracs": []}
+    for k in perm:  # the order is the algorithm: each agent sees its predecessors' new policies
+        factors[k] = factor
+        for epoch in range(args.update_epochs):
+            b_inds = torch.randperm(B, device=b_alloc.device)
+            for start in range(0, B, args.minibatch_size):
+                mb = b_inds[start : start + args.minibatch_size]
+                dist = actors.agent_dist(k, b_obs[mb, k], b_avail[mb, k])
+                newlogprob = dist.log_prob(b_actions[mb, k])  # [M]
+                mb_active = b_active[mb, k]
+                entropy = masked_mean(dist.entropy(), mb_active)
+                logratio = newlogprob - b_logprobs[mb, k]
+                ratio = logratio.exp()
+                with torch.no_grad():
+                    approx_kl = masked_mean((ratio - 1) - logratio, mb_active)
+                    stats["clipfracs"].append(masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), mb_active))
+
+                mb_adv = b_alloc[mb]  # [M, n]: each agent's allocated advantage
+                if args.scale_alloc:
+                    mb_adv = scale_allocation(mb_adv)
+                pg_loss = -masked_mean(happo_surrogate(ratio, mb_adv[:, k], factor[mb], args.clip_coef), mb_active)
+                actor_loss = pg_loss - args.ent_coef * entropy
+                optimizers[k].zero_grad()
+                actor_loss.backward()
+                nn.utils.clip_grad_norm_(actors.agents[k].parameters(), args.max_grad_norm)
+                optimizers[k].step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        with torch.no_grad():  # M *= this agent's new/old ratio on the whole batch
+            newlogprob = actors.agent_dist(k, b_obs[:, k], b_avail[:, k]).log_prob(b_actions[:, k])
+            factor = factor * (newlogprob - b_logprobs[:, k]).exp()
+    stats.update(pg_loss=pg_loss, entropy=entropy, approx_kl=approx_kl)
+    return factors, stats
+
+
+class QNet(nn.Module):
+    """One critic Q(s, a) on the state and the joint one-hot action. Its first layer is split,
+    h1 = W_s s + sum_i e_i[a_i] + b, so that a coalition's own actions and the sampled actions of
+    the others only meet in the sum of the per-agent action embeddings e_i [n, A, H]."""
+
+    def __init__(self, state_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.n, self.A = n_agents, n_actions
+        self.state_in = layer_init(nn.Linear(state_dim, hidden))
+        self.action_in = layer_init(nn.Linear(n_agents * n_actions, hidden))
+        self.head = nn.Sequential(nn.Tanh(), layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+                                  layer_init(nn.Linear(hidden, 1), std=1.0))
+
+    def agent_terms(self, actions):
+        """Each agent's share of the first layer, e_i[a_i]: actions [..., n] -> [..., n, H]."""
+        emb = self.action_in.weight.T.reshape(self.n, self.A, -1)  # [n, A, H]
+        return emb[torch.arange(self.n, device=actions.device), actions]
+
+    def forward(self, state, actions):
+        """state [..., S], actions [..., n] long -> Q [...]."""
+        onehot = nn.functional.one_hot(actions, self.A).flatten(-2).to(state.dtype)
+        return self.head(self.state_in(state) + self.action_in(onehot)).squeeze(-1)
+
+
+def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk=1 << 22):
+    """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_{-C}) for every sample and
+    coalition in one batched pass (chunked over samples to bound memory).
+    state [B, S], actions [B, n] (taken), mc_actions [B, K, n] (from the current policies),
+    coalitions [m, n] bool -> [B, m]."""
+    B, K, n = mc_actions.shape
+    m, M = coalitions.shape[0], coalitions.to(state.dtype)
+    out = []
+    step = max(1, chunk // (m * K * q.action_in.out_features))
+    for lo in range(0, B, step):  # memory chunks of the batch, not per-sample work
+        sl = slice(lo, lo + step)
+        e_taken = q.agent_terms(actions[sl])  # [b, n, H]
+        e_mc = q.agent_terms(mc_actions[sl])  # [b, K, n, H]
+        base = q.state_in(state[sl]) + q.action_in.bias  # [b, H]
+        # h1[b, c, k] = base + sum_i M[c, i] e_taken[b, i] + (1 - M[c, i]) e_mc[b, k, i]
+        h1 = (base[:, None, None] + torch.einsum("ci,bih->bch", M, e_taken)[:, :, None]
+              + e_mc.sum(2)[:, None] - torch.einsum("ci,bkih->bckh", M, e_mc))
+        out.append(q.head(h1).squeeze(-1).mean(-1))  # [b, m]
+    return torch.cat(out)
+
+
+class TwinQ(nn.Module):
+    """Clipped double Q: two independent critics; coalition values take their minimum (Eq. 7)."""
+
+    def __init__(self, state_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.qs = nn.ModuleList(QNet(state_dim, n_agents, n_actions, hidden) for _ in range(2))
+
+    def forward(self, state, actions):
+        return torch.stack([q(state, actions) for q in self.qs])  # [2, ...]
+
+    def coalition_q(self, state, actions, policy, coalitions, mc_samples):
+        """min_j (1/K) sum_k Q_j(s, a_C, a^k_-C): [B, m], a^k drawn from the policy (over [B, n])."""
+        mc_actions = policy.sample((mc_samples,)).transpose(0, 1)  # [B, K, n]
+        return torch.minimum(*(mc_coalition_q(q, state, actions, mc_actions, coalitions) for q in self.qs))
+
+
+class QuadraticQ(nn.Module):
+    """CORA-PPO-QC (Sec. V-A): twin state-dependent quadratic forms in the actions,
+    Q_j(s, x) = b(s) + sum_i <u_i(s), x_i> + sum_{i<j} x_i^T W_ij(s) x_j, with x_i the one-hot action.
+    Being multilinear in independent agents' actions, E_{a_-C ~ pi}[Q(s, a_C, a_-C)] is Q with
+    x_j = pi_j(.|o_j) for the agents outside C: coalition values in closed form, no sampling."""
+
+    def __init__(self, state_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.n, self.A = n_agents, n_actions
+        pairs = torch.triu_indices(n_agents, n_agents, offset=1)
+        self.register_buffer("pi", pairs[0])
+        self.register_buffer("pj", pairs[1])
+        P = pairs.shape[1]
+        self.trunk = nn.ModuleList(nn.Sequential(layer_init(nn.Linear(state_dim, hidden)), nn.Tanh(),
+                                                 layer_init(nn.Linear(hidden, hidden)), nn.Tanh()) for _ in range(2))
+        self.out = nn.ModuleList(layer_init(nn.Linear(hidden, 1 + n_agents * n_actions + P * n_actions**2), std=0.1)
+                                 for _ in range(2))
+
+    def values(self, state, x):
+        """state [B, S], x [B, ..., n, A] (one-hot actions or probabilities) -> [2, B, ...]."""
+        n, A, P = self.n, self.A, self.pi.shape[0]
+        out = []
+        for trunk, head in zip(self.trunk, self.out):
+            coef = head(trunk(state))  # [B, 1 + nA + P A^2]
+            b, u, W = coef[:, :1], coef[:, 1 : 1 + n * A].view(-1, n, A), coef[:, 1 + n * A :].view(-1, P, A, A)
+            xs = x.reshape(x.shape[0], -1, n, A)  # [B, R, n, A]
+            quad = torch.einsum("brpa,bpac,brpc->br", xs[:, :, self.pi], W, xs[:, :, self.pj])
+            out.append((b + torch.einsum("bia,bria->br", u, xs) + quad).view(x.shape[:-2]))
+        return torch.stack(out)
+
+    def forward(self, state, actions):
+        """Q_j(s, a) for taken actions [B, n] -> [2, B]. With one-hot x only b, u_i[a_i] and
+        W_ij[a_i, a_j] matter, so just those 1 + n + P outputs of each head are computed."""
+        n, A = self.n, self.A
+        P = self.pi.shape[0]
+        agents = torch.arange(n, device=actions.device)
+        idx = torch.cat([torch.zeros_like(actions[:, :1]),  # b
+                         1 + agents * A + actions,  # u_i[a_i]
+                         1 + n * A + torch.arange(P, device=actions.device) * A * A
+                         + actions[:, self.pi] * A + actions[:, self.pj]], 1)  # W_ij[a_i, a_j]
+        out = []
+        for trunk, head in zip(self.trunk, self.out):
+            h = trunk(state)  # [B, H]
+            out.append(torch.einsum("bh,bkh->b", h, head.weight[idx]) + head.bias[idx].sum(1))
+        return torch.stack(out)
+
+    def coalition_q(self, state, actions, policy, coalitions, mc_samples=None):
+        """min_j Q_j(s, x) with x_i = onehot(a_i) for i in C, pi_i otherwise: [B, m], exact.
+        Each x_i is one of two vectors, so each term of Q takes one of 2 (linear) or 4 (pairwise)
+        values per sample; every coalition's Q is a fixed 0/1 combination of them: one GEMM."""
+        dt = state.dtype
+        X = torch.stack([policy.probs.to(dt), nn.functional.one_hot(actions, self.A).to(dt)], 2)  # [B, n, 2, A]
+        inside = nn.functional.one_hot(coalitions.long(), 2).to(dt)  # [m, n, 2]: (outside, inside) of C
+        pick_lin = inside.flatten(1)  # [m, 2n]
+        pick_quad = (inside[:, self.pi, :, None] * inside[:, self.pj, None, :]).flatten(1)  # [m, 4P]
+        n, A, P = self.n, self.A, self.pi.shape[0]
+        out = []
+        for trunk, head in zip(self.trunk, self.out):
+            coef = head(trunk(state))
+            b, u, W = coef[:, :1], coef[:, 1 : 1 + n * A].view(-1, n, A), coef[:, 1 + n * A :].view(-1, P, A, A)
+            lin = torch.einsum("bia,bisa->bis", u, X)  # [B, n, 2]
+            quad = torch.einsum("bpsa,bpac,bptc->bpst", X[:, self.pi], W, X[:, self.pj])  # [B, P, 2, 2]
+            out.append(b + lin.flatten(1) @ pick_lin.T + quad.flatten(1) @ pick_quad.T)
+        return torch.stack(out).amin(0)
+
+
+class Critic(nn.Module):
+    """Centralized value V(s): state [..., state_dim] -> [...]."""
+
+    def __init__(self, state_dim, hidden):
+        super().__init__()
+        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+
+    def forward(self, state):
+        return self.net(state).squeeze(-1)
+
+
+def evaluate(actor, env_id, episodes, seed, device):
+    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs.
+    Same seed as training: for seeded games (matrix, diff) the seed picks the game itself."""
+    env = make_env(env_id, episodes, seed, device, action_type="discrete")
+    step = env.reset()
+    returns = torch.full((episodes,), float("nan"), device=device)
+    wins = torch.zeros(episodes, device=device)
+    with torch.no_grad():
+        while returns.isnan().any():
+            step = env.step(actor(step.obs, step.avail_actions).argmax(-1))
+            first = step.episodes.done & returns.isnan()
+            returns = torch.where(first, step.episodes.ret, returns)
+            if step.episodes.win is not None:
+                wins = torch.where(first, step.episodes.win.float(), wins)
+    env.close()
+    return returns, wins if env.spec.has_win else None
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    args.batch_size = args.num_envs * args.num_steps
+    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        fail(f"--total-timesteps ({args.total_timesteps}) is less than one rollout ({args.batch_size} steps)")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
+
+    # env setup
+    try:
+        envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="discrete")
+    except EnvError as e:
+        fail(str(e))
+    if args.capture_video:
+        fail(f"--capture-video: {args.env_id} cannot render videos yet")
+    spec = envs.spec
+    n, A = spec.n_agents, spec.n_actions
+    if not 2 <= n <= 16:
+        fail(f"CORA needs 2 to 16 agents (coalitions are enumerated as bit masks); {args.env_id} has {n}")
+    if args.mc_samples < 1 or args.core_reg < 0:
+        fail("--mc-samples must be >= 1 and --core-reg >= 0")
+    m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
+    if args.qp_solver == "osqp":
+        try:
+            import osqp  # noqa: F401
+            import scipy  # noqa: F401
+        except ImportError:
+            fail("--qp-solver osqp needs OSQP and SciPy: pip install osqp scipy")
+
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights and Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    actors = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+    value_rms = RunningMeanStd().to(device)
+    actor_optimizers = [torch.optim.Adam(net.parameters(), lr=args.learning_rate, eps=1e-5) for net in actors.agents]
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    twin_q = (TwinQ if args.critic == "mc" else QuadraticQ)(spec.state_dim, n, A, args.hidden_dim).to(device)
+    q_optimizer = torch.optim.Adam(twin_q.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    coalition_gen = torch.Generator().manual_seed(args.seed)
+    every_coalition = all_coalitions(n, device) if n <= 12 else None  # for core/violation_ratio
+
+    def value_of(state):
+        """V(s) in return units (denormalized when value normalization is on)."""
+        v = critic(state)
+        return value_rms.denormalize(v) if args.value_norm else v
+
+    def coalition_adv_of(state, actions, policy, coalitions):
+        """Eq. (7): A_C = min_j E[Q_j(s, a_C, a_-C)] - V(s) in return units [B, m]; the Q critics
+        share V's target normalization (affine, so it commutes with the expectation)."""
+        q = twin_q.coalition_q(state, actions, policy, coalitions, args.mc_samples)
+        q = value_rms.denormalize(q) if args.value_norm else q
+        return q - value_of(state).unsqueeze(-1)
+
+    # storage
+    T, E = args.num_steps, args.num_envs
+    obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
+    state = torch.zeros((T, E, spec.state_dim), device=device)
+    avail = torch.zeros((T, E, n, A), dtype=torch.bool, device=device)
+    active = torch.zeros((T, E, n), dtype=torch.bool, device=device)  # alive agents
+    actions = torch.zeros((T, E, n), dtype=torch.long, device=device)
+    logprobs = torch.zeros((T, E, n), device=device)
+    rewards = torch.zeros((T, E), device=device)
+    dones = torch.zeros((T, E), device=device)
+    values = torch.zeros((T, E), device=device)
+
+    def save_checkpoint():
+        path = f"runs/{run_name}/{args.exp_name}.cleanmarl_model"
+        torch.save({"actors": actors.state_dict(), "critic": critic.state_dict(), "twin_q": twin_q.state_dict(),
+                    "value_rms": value_rms.state_dict(), "args": vars(args)}, path)
+        print(f"model saved to {path}")
+
+    global_step = 0
+    start_time = time.time()
+    last_print = 0.0
+    mean_return = float("nan")  # of the episodes that ended in the latest rollout that had any
+    step = envs.reset()
+    next_done = torch.zeros(E, device=device)
+    finished = True
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                for optimizer in actor_optimizers:
+                    optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+                q_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+            # ---- rollout ------------------------------------------------------------------
+            ep_return_sum = torch.zeros((), device=device)
+            ep_length_sum = torch.zeros((), device=device)
+            ep_win_sum = torch.zeros((), device=device)
+            ep_count = torch.zeros((), device=device)
+            for t in range(T):
+                global_step += E
+                obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
+                active[t] = step.active
+                with torch.no_grad():
+                    dist = actors.dist(step.obs, step.avail_actions)
+                    action = dist.sample()  # [E, n]
+                    logprobs[t] = dist.log_prob(action)
+                    values[t] = value_of(step.state)
+                actions[t] = action
+                step = envs.step(action)
+                rewards[t] = step.reward
+                if step.truncated.any():  # bootstrap a truncated episode from its final state
+                    with torch.no_grad():
+                        rewards[t] += args.gamma * value_of(step.final_state) * step.truncated
+                next_done = (step.terminated | step.truncated).float()
+                ep = step.episodes
+                ep_count += ep.done.sum()
+                ep_return_sum += (ep.ret * ep.done).sum()
+                ep_length_sum += (ep.length * ep.done).sum()
+                if ep.win is not None:
+                    ep_win_sum += ep.win.sum()
+
+            # ---- GAE ----------------------------------------------------------------------
+            with torch.no_grad():
+                next_value = value_of(step.state)
+                advantages = compute_gae(rewards, values, dones, next_value, next_done,
+                                         args.gamma, args.gae_lambda)  # [T, E]
+                returns = advantages + values
+                # Alg. 1 l. 11: y = r + gamma V(s') for the Q critics (r already bootstraps truncations)
+                next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+                next_nonterminal = 1.0 - torch.cat([dones[1:], next_done.unsqueeze(0)])
+                q_targets = rewards + args.gamma * next_nonterminal * next_values
+                if args.value_norm:
+                    value_rms.update(returns)
+                    old_v = value_rms.normalize(values)
+                    targets = value_rms.normalize(returns)
+                    q_targets = value_rms.normalize(q_targets)
+                else:
+                    old_v, targets = values, returns
+
+            # ---- HAPPO update: the actors one after another --------------------------------
+            b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
+            b_active = active.flatten(0, 1)  # [B, n]
+            b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
+            b_advantages = advantages.flatten()  # [B]: A_N, the grand coalition's advantage
+            b_old_v, b_targets, b_q_targets = old_v.flatten(), targets.flatten(), q_targets.flatten()
+
+            # ---- credit assignment: coalition advantages (Eq. 7) and the core QP (Eq. 24) ----
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                coalitions = sample_coalitions(n, m, coalition_gen, device)  # [m, n], redrawn every update
+                policy = actors.dist(b_obs, b_avail)  # the current policies, over [B, n]
+                coalition_adv = coalition_adv_of(b_state, b_actions, policy, coalitions)  # [B, m]
+                t1 = time.perf_counter()
+                solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
+                b_alloc, eps = solve(coalitions, coalition_adv, b_advantages, args.core_reg)  # [B, n]
+                t2 = time.perf_counter()
+                violation_ratio = float("nan")
+                if every_coalition is not None and args.violation_samples > 0:
+                    k = min(args.violation_samples, args.batch_size)
+                    full_adv = coalition_adv_of(b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]),
+                                                every_coalition)
+                    covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
+                    violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
+            perm = torch.randperm(n).tolist()  # a fresh agent order at every update
+            factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_active,
+                                                     b_actions, b_logprobs, b_alloc, args)
+            pg_loss, entropy, approx_kl, clipfracs = stats["pg_loss"], stats["entropy"], stats["approx_kl"], stats["clipfracs"]
+
+            # ---- critics, after the actors: V and the twin Q ------------------------------
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = b_inds[start : start + args.minibatch_size]
+                    v_loss = value_loss(critic(b_state[mb]), b_old_v[mb], b_targets[mb],
+                                        args.clip_coef, args.clip_vloss, args.huber_delta)
+                    critic_optimizer.zero_grad()
+                    v_loss.backward()
+                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                    critic_optimizer.step()
+
+                    # Alg. 1 l. 25: both Q critics regress on y
+                    q_loss = ((twin_q(b_state[mb], b_actions[mb]) - b_q_targets[mb]) ** 2).mean(-1).sum()
+                    q_optimizer.zero_grad()
+                    q_loss.backward()
+                    nn.utils.clip_grad_norm_(twin_q.parameters(), args.max_grad_norm)
+                    q_optimizer.step()
+
+            # ---- logging ------------------------------------------------------------------
+            y_pred, y_true = values.flatten(), returns.flatten()
+            var_y = y_true.var()
+            explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", actor_optimizers[0].param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("happo/last_agent_factor_std", factors[perm[-1]].std().item(), global_step)
+            writer.add_scalar("losses/q_loss", q_loss.item(), global_step)
+            writer.add_scalar("core/epsilon", eps.mean().item(), global_step)
+            writer.add_scalar("core/violation_ratio", violation_ratio, global_step)
+            writer.add_scalar("core/alloc_std", b_alloc.std().item(), global_step)
+            writer.add_scalar("core/coalition_ms", 1000 * (t1 - t0), global_step)
+            writer.add_scalar("core/qp_ms", 1000 * (t2 - t1), global_step)
+            count = int(ep_count)
+            if count:
+                mean_return = ep_return_sum.item() / count
+                writer.add_scalar("charts/episodic_return", mean_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
+                if spec.has_win:
+                    writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
+            now = time.time()
+            if now - last_print > 2.0 or iteration == args.num_iterations:
+                last_print = now
+                print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
+                      f"episodic_return={mean_return:.3f} SPS={sps}", flush=True)
+    except KeyboardInterrupt:
+        finished = False
+        print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)
+    finally:
+        if args.save_model:
+            save_checkpoint()
+        envs.close()
+        writer.flush()
+
+    if args.save_model and finished:
+        eval_returns, eval_wins = evaluate(actors, args.env_id, args.eval_episodes, args.seed, device)
+        for i, r in enumerate(eval_returns.tolist()):
+            writer.add_scalar("eval/episodic_return", r, i)
+        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
+                   "optimal_return": spec.optimal_return}
+        if eval_wins is not None:
+            summary["eval_win_rate"] = eval_wins.mean().item()
+            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], global_step)
+        with open(f"runs/{run_name}/eval.json", "w") as f:
+            json.dump(summary, f)
+        print("greedy evaluation: " + json.dumps(summary))
+    writer.close()
+    if args.track:
+        wandb.finish()
+    if not finished:
+        sys.exit(130)
