@@ -43,6 +43,24 @@ def _smac(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return StarCraftEnv(env_id, env_id.partition(":")[0], scenario, num_envs, seed, device, kwargs)
 
 
+def _cacc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .cacc import CACC
+
+    return CACC(env_id, scenario, num_envs, seed, device, kwargs)
+
+
+def _coupled(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .coupled import CoupledRing
+
+    return CoupledRing(env_id, scenario, num_envs, seed, device)
+
+
+def _atsc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .atsc import TrafficSignals
+
+    return TrafficSignals(env_id, scenario, num_envs, seed, device, kwargs)
+
+
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "matrix": (_matrix, ("discrete",), "matrix:team, matrix:peaks10-2x10, matrix:climbing, matrix:penalty,k=-50", True),
@@ -51,6 +69,9 @@ FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "smac": (_smac, ("discrete",), "smac:8m, smac:3s5z (needs StarCraft II)", False),
     "smacv2": (_smac, ("discrete",), "smacv2:protoss_5_vs_5, smacv2:zerg_10_vs_11 (needs StarCraft II)", False),
     "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
+    "coupled": (_coupled, ("discrete",), "coupled:ring, coupled:ring-6", False),
+    "cacc": (_cacc, ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
+    "atsc": (_atsc, ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
 }
 SCRIPT_FOR = {"discrete": "mappo.py", "continuous": "mappo_continuous.py"}
 
