@@ -65,6 +65,7 @@ class Step:
     truncated: torch.Tensor  # [E] bool
     final_obs: torch.Tensor  # [E,n,obs_dim]   last observation of the step, before any reset
     final_state: torch.Tensor  # [E,state_dim] (bootstrap truncated episodes from here)
+    final_agent_state: torch.Tensor  # [E,n,agent_state_dim] (for per-agent critics' bootstraps)
     episodes: Episodes
 
 
@@ -109,7 +110,7 @@ class MultiAgentEnv:
         zeros = torch.zeros(E, device=self.device)
         no_win = false if self.spec.has_win else None
         return Step(obs, state, agent_state, avail, self._active(), zeros, torch.zeros(E, n, device=self.device),
-                    false, false, obs, state, Episodes(false, zeros, self._t.clone(), no_win))
+                    false, false, obs, state, agent_state, Episodes(false, zeros, self._t.clone(), no_win))
 
     def step(self, actions: torch.Tensor) -> Step:
         """actions: [E,n] long (discrete) or [E,n,action_dim] float (clipped to the bounds)."""
@@ -132,7 +133,7 @@ class MultiAgentEnv:
         )
         obs, state, agent_state, avail = self._observe()
         active = self._active()
-        final_obs, final_state = obs, state
+        final_obs, final_state, final_agent_state = obs, state, agent_state
         if bool(done.any()):
             self._reset_envs(done)
             self._t.masked_fill_(done, 0)
@@ -145,7 +146,7 @@ class MultiAgentEnv:
             avail = torch.where(keep, new[3], avail)
             active = torch.where(done.view(-1, 1), self._active(), active)
         return Step(obs, state, agent_state, avail, active, reward, agent_reward, terminated, truncated,
-                    final_obs, final_state, episodes)
+                    final_obs, final_state, final_agent_state, episodes)
 
     def close(self) -> None:
         pass
