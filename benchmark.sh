@@ -1,16 +1,201 @@
 #!/usr/bin/env bash
-# Speed benchmarks: prints steps per second (env steps summed over parallel envs), one thread.
-# Usage: bash benchmark.sh            (about 8 minutes on a 2-core CPU, most of it CORA at n = 8)
-#        STEPS=128000 bash benchmark.sh
-# Each training figure is the SPS a script reports at the end of its run (whole loop: rollout,
-# GAE and 10 full-batch PPO epochs); "env only" steps the same env with random actions.
-# Speed on a shared machine varies: note other processes' CPU use (printed first) with the figures.
+# The papers' experiments and the speed figures, as named groups of commands.
+#
+#   bash benchmark.sh --list                        the groups, what each runs, and its size
+#   bash benchmark.sh GROUP --dry-run               print the group's commands, run nothing
+#   bash benchmark.sh GROUP [--seeds 1,2,3] [--jobs N] [--steps-scale X] [--only REGEX] [--results DIR]
+#                                                   run them on N local workers (default 1);
+#                                                   --only keeps the commands matching REGEX
+#   bash benchmark.sh GROUP --slurm [...]           write a Slurm job array instead of running
+#   bash benchmark.sh speed                         the speed figures (steps per second)
+#
+# Every experiment command is a plain script call with `--threads 1`, so one worker is one core.
+# A run writes into DIR/GROUP/ (default results/GROUP/): commands.txt (one command a line),
+# array_task.sh (runs line $SLURM_ARRAY_TASK_ID; the local workers and Slurm both use it),
+# logs/task-<i>.log, and the scripts' own runs/<env>__<exp>__<seed>__<time>/ (TensorBoard logs
+# and eval.json). Plot with `python docs/plot_results.py DIR/GROUP/runs`.
+#
+# Hyperparameters: the CORA groups take Table V of the CORA paper (actor and critic learning
+# rates, clip, entropy coefficient, MC samples K, parallel envs, runs; gamma 0.99, GAE lambda
+# 0.95, 10 epochs and lambda_reg 1e-2 shared), the ILVF groups Table 1 of the ILVF paper. The
+# papers give no step budgets in their text, so STEPS below are ours (scaled by --steps-scale).
 set -euo pipefail
 cd "$(dirname "$0")"
-STEPS=${STEPS:-64000}
+ROOT=$(pwd)
 export PYTHONUNBUFFERED=1
-echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)   cores: $(nproc)   total steps per run: $STEPS"
-printf '%-56s %10s\n' "benchmark" "SPS"
+
+# ---- experiment groups ------------------------------------------------------------------------
+# Each group function prints one command per line for the seeds in $SEEDS; `emit` multiplies a
+# (script, env, flags) triple by the seeds and applies the step budget.
+SEEDS=""
+SCALE=1
+
+emit() {  # steps script env-id [flags...]
+  local steps=$1 script=$2 env=$3
+  shift 3
+  steps=$(awk -v s="$steps" -v x="$SCALE" 'BEGIN { v = int(s * x + 0.5); print (v < 1 ? 1 : v) }')
+  local seed
+  for seed in ${SEEDS//,/ }; do
+    echo "python cleanmarl/$script --env-id $env --seed $seed --total-timesteps $steps $* --save-model --threads 1"
+  done
+}
+
+# CORA Table V rows as flags (gamma, GAE lambda, 10 epochs and lambda_reg are the scripts' defaults
+# and shared by every row). K (MC samples) is added only for the CORA scripts.
+TV_MATRIX="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.3 --ent-coef 1e-3 --num-envs 4"
+TV_DIFF="--learning-rate 5e-5 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 4"
+TV_MUJOCO="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 4"
+TV_VMAS_NAV="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 64"
+TV_VMAS="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 16"
+TV_SMAC="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 20"
+TV_GRF="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 50"
+CORA_SHARED="--core-reg 1e-2"
+
+# The CORA paper's comparison set (Figs. 2-7): MAPPO, Optimistic MAPPO, HAPPO, CORA-PPO with the
+# Monte Carlo critic and with the quadratic critic (CORA-PPO-QC). $1: discrete|continuous, $2: K.
+cora_algorithms() {
+  local suffix="" k=$2
+  [ "$1" = continuous ] && suffix=_continuous
+  echo "mappo$suffix.py"
+  echo "optimistic_mappo$suffix.py"
+  echo "happo$suffix.py"
+  echo "cora_mappo$suffix.py --critic mc --mc-samples $k $CORA_SHARED --exp-name cora_mappo${suffix}_mc"
+  echo "cora_mappo$suffix.py --critic quadratic $CORA_SHARED --exp-name cora_mappo${suffix}_qc"
+}
+
+cora_grid() {  # steps action-type K table-flags env-ids...
+  local steps=$1 kind=$2 k=$3 flags=$4 env algo
+  shift 4
+  for env in "$@"; do
+    while read -r algo; do
+      # shellcheck disable=SC2086  # algo holds "script flags..."
+      emit "$steps" ${algo%% *} "$env" "$flags" $(echo "$algo" | cut -s -d' ' -f2-)
+    done < <(cora_algorithms "$kind" "$k")
+  done
+}
+
+group_matrix() {  # CORA Fig. 2: MTG and Multi-Peak 5/10/15 (3 agents x 5 actions, 10 steps)
+  cora_grid 200000 discrete 16 "$TV_MATRIX" matrix:team matrix:peaks5 matrix:peaks10 matrix:peaks15
+}
+group_diff() {  # CORA Figs. 3 and 8 (left): 2- and 5-agent differential games, with "w/o std"
+  cora_grid 200000 continuous 16 "$TV_DIFF" diff:2agents diff:5agents
+  local env
+  for env in diff:2agents diff:5agents; do  # CORA-PPO w/o std: lambda_reg = 0 (Eq. 24's Std term off)
+    emit 200000 cora_mappo_continuous.py "$env" "$TV_DIFF" --critic mc --mc-samples 16 --core-reg 0 \
+      --exp-name cora_mappo_continuous_mc_nostd
+  done
+}
+group_diff_coalitions() {  # CORA Fig. 8 (right): coalitions sampled out of 2^5 - 2 = 30
+  local m
+  for m in 10 15 20 25 30; do
+    emit 200000 cora_mappo_continuous.py diff:5agents "$TV_DIFF" --critic mc --mc-samples 16 $CORA_SHARED \
+      --num-coalitions "$m" --exp-name "cora_mappo_continuous_mc_m$m"
+  done
+}
+group_vmas() {  # CORA Fig. 4 (discrete actions; navigation runs 64 envs, the others 16)
+  cora_grid 2000000 discrete 16 "$TV_VMAS" vmas:multi_give_way vmas:give_way
+  cora_grid 2000000 discrete 16 "$TV_VMAS_NAV" vmas:navigation
+}
+group_give_way() {  # the VMAS scenario that fits a small CPU
+  cora_grid 2000000 discrete 16 "$TV_VMAS" vmas:give_way
+}
+group_mamujoco() {  # CORA Fig. 5 (MaMuJoCo v5; K = 64)
+  cora_grid 2000000 continuous 64 "$TV_MUJOCO" mamujoco:Ant-4x2 mamujoco:HalfCheetah-6x1 \
+    mamujoco:HalfCheetah-2x3 mamujoco:Walker2d-2x3 mamujoco:Hopper-3x1
+}
+SMAC_MAPS="3s_vs_5z 8m 2s_vs_1sc 2s3z 3m"
+# CORA Fig. 6 compares MAPPO, HAPPO and CORA-PPO (and our CORA-HAPPO); StarCraft II 4.10 needed.
+smac_like() {  # family
+  local map algo
+  for map in $SMAC_MAPS; do
+    for algo in "mappo.py" "happo.py" "cora_mappo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_mappo_mc" \
+                "cora_happo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_happo_mc"; do
+      # shellcheck disable=SC2086
+      emit 10000000 ${algo%% *} "$1:$map" "$TV_SMAC" $(echo "$algo" | cut -s -d' ' -f2-)
+    done
+  done
+}
+group_smac() { smac_like smac; }
+group_smax() { smac_like smax; }  # JaxMARL's SMAX: same maps, not the same game as SMAC
+group_grf() {  # CORA Fig. 7 (gfootball; cleanmarl/envs/install_gfootball.sh builds it)
+  local sc algo
+  for sc in academy_3_vs_1_with_keeper academy_counterattack_easy academy_counterattack_hard; do
+    for algo in "mappo.py" "happo.py" "cora_mappo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_mappo_mc"; do
+      # shellcheck disable=SC2086
+      emit 10000000 ${algo%% *} "grf:$sc" "$TV_GRF" $(echo "$algo" | cut -s -d' ' -f2-)
+    done
+  done
+}
+
+# ILVF Table 1 as flags: ppo_epoch 15, clip 0.2, entropy 0.01, lr 8e-5 (actor and critic), Huber
+# delta 10, clipped value loss, value normalization, hidden 64. Table 1's one hidden layer, ReLU and
+# feature normalization have no flag here: the scripts keep two tanh layers of 64.
+T1_ILVF="--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5 --critic-learning-rate 8e-5 --huber-delta 10 --hidden-dim 64 --eval-episodes 32"
+# ILVF Fig. 3: ILVF-P (learned influence) against MAPPO, and ILVF-PPO's two extremes, the global
+# value function (MAPPO's advantage) and the individual one (IPPO-C).
+ilvf_grid() {  # steps env-ids...
+  local steps=$1 env mode
+  shift
+  for env in "$@"; do
+    emit "$steps" mappo.py "$env" "$T1_ILVF"
+    for mode in learned global individual; do
+      emit "$steps" ilvf_ppo.py "$env" "$T1_ILVF" --influence "$mode" --exp-name "ilvf_ppo_$mode"
+    done
+  done
+}
+group_encircle() { ilvf_grid 2000000 mpe:encircle-8 mpe:encircle-20; }
+group_pcp() { ilvf_grid 2000000 pcp:default; }
+group_cacc() { ilvf_grid 1000000 cacc:catchup cacc:slowdown; }
+group_atsc() { ilvf_grid 1000000 atsc:large-grid; }
+
+# name | description | default seeds (CORA Table V "Runs"; the ILVF paper states none: 5)
+GROUP_TABLE="matrix|CORA Fig. 2: Matrix Team Game and Multi-Peak 5/10/15, 5 algorithms|1,2,3,4,5
+diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 5 algorithms + CORA w/o std|1,2,3,4,5
+diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,3,4,5
+vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
+give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
+mamujoco|CORA Fig. 5: MaMuJoCo Ant 4x2, HalfCheetah 6x1/2x3, Walker2d 2x3, Hopper 3x1|1,2,3,4,5
+smac|CORA Fig. 6: SMAC maps (needs StarCraft II 4.10)|1,2,3,4,5,6,7,8
+smax|CORA Fig. 6 maps on JaxMARL's SMAX (not SMAC)|1,2,3,4,5,6,7,8
+grf|CORA Fig. 7: GRF academies (needs gfootball's build)|1,2,3,4,5,6,7,8
+encircle|ILVF Fig. 3: MPE Encircle, 8 and 20 agents|1,2,3,4,5
+pcp|ILVF Fig. 3: Predator-Capture-Prey|1,2,3,4,5
+cacc|ILVF Fig. 3: CACC catch-up and slow-down|1,2,3,4,5
+atsc|ILVF Fig. 3: ATSC large grid (needs SUMO)|1,2,3,4,5"
+
+group_field() {  # name field-number
+  echo "$GROUP_TABLE" | awk -F'|' -v g="$1" -v f="$2" '$1 == g { print $f }'
+}
+
+# ---- speed group (steps per second; unchanged measurements) ----------------------------------
+# Each training figure is the SPS a script reports at the end of its run (whole loop: rollout,
+# GAE and 10 full-batch PPO epochs); "env only" steps the same env with random actions.
+# STEPS=128000 bash benchmark.sh speed for longer runs. Note the load average printed first.
+group_speed() {
+  STEPS=${STEPS:-64000}
+  echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)   cores: $(nproc)   total steps per run: $STEPS"
+  printf '%-56s %10s\n' "benchmark" "SPS"
+  local n id script
+  for n in 3 4; do
+    id="vmas:navigation,n_agents=$n"
+    printf '%-56s %10s\n' "env only, random actions: $id, 64 envs" "$(env_only "$id" discrete 64)"
+    printf '%-56s %10s\n' "mappo.py $id, 64 envs" "$(train mappo.py "$id" 64)"
+  done
+  for script in mappo_continuous.py optimistic_mappo.py happo.py happo_continuous.py; do
+    printf '%-56s %10s\n' "$script vmas:navigation, 64 envs" "$(train "$script" vmas:navigation 64)"
+  done
+  printf '%-56s %10s\n' "mappo.py matrix:team, 4 envs" "$(train mappo.py matrix:team 4)"
+  printf '%-56s %10s\n' "mappo_continuous.py diff:2agents, 4 envs" "$(train mappo_continuous.py diff:2agents 4)"
+
+  # CORA: the core QP and CORA-MAPPO's SPS relative to MAPPO's
+  echo
+  if [ -f docs/cora_speed.py ]; then
+    python docs/cora_speed.py
+  else
+    echo "(CORA speed skipped: docs/cora_speed.py not found)"
+  fi
+  head_to_head
+}
 
 env_only() {  # env id, action type, num envs
   python - "$@" <<'EOF'
@@ -39,64 +224,30 @@ train() {  # script, env id, num envs (STEPS steps)
     | grep -o 'SPS=[0-9]*' | tail -1 | cut -d= -f2
 }
 
-for n in 3 4; do
-  id="vmas:navigation,n_agents=$n"
-  printf '%-56s %10s\n' "env only, random actions: $id, 64 envs" "$(env_only "$id" discrete 64)"
-  printf '%-56s %10s\n' "mappo.py $id, 64 envs" "$(train mappo.py "$id" 64)"
-done
-for script in mappo_continuous.py optimistic_mappo.py happo.py happo_continuous.py; do
-  printf '%-56s %10s\n' "$script vmas:navigation, 64 envs" "$(train "$script" vmas:navigation 64)"
-done
-printf '%-56s %10s\n' "mappo.py matrix:team, 4 envs" "$(train mappo.py matrix:team 4)"
-printf '%-56s %10s\n' "mappo_continuous.py diff:2agents, 4 envs" "$(train mappo_continuous.py diff:2agents 4)"
+# Head-to-head with BenchMARL's MAPPO (TorchRL), when installed. Same task settings (BenchMARL's
+# navigation config: 3 agents, shared_rew=False, 100 steps), 64 envs x 100 steps per batch, 10
+# full-batch epochs, 64x64 tanh MLPs, one thread; runs alternate.
+head_to_head() {
+  BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-python}
+  if ! "$BENCHMARL_PYTHON" -c "import benchmarl" 2>/dev/null; then
+    echo "(head-to-head skipped: BenchMARL not installed; see requirements-bench.txt)"
+    return 0
+  fi
+  local id="vmas:navigation,n_agents=3,shared_rew=False" round kind script ours theirs
+  echo
+  echo "head-to-head on $id, 64 envs (SPS; ratio = cleanmarl / BenchMARL)"
+  printf '%-6s %-11s %10s %10s %7s\n' round actions cleanmarl BenchMARL ratio
+  for round in $(seq "${ROUNDS:-2}"); do
+    for kind in discrete continuous; do
+      script=mappo.py; [ "$kind" = continuous ] && script=mappo_continuous.py
+      ours=$(train "$script" "$id" 64)
+      theirs=$(benchmarl_sps "$kind")
+      printf '%-6s %-11s %10s %10s %7s\n' "$round" "$kind" "$ours" "$theirs" \
+        "$(python -c "print(f'{$ours / $theirs:.2f}')")"
+    done
+  done
+}
 
-# ---- CORA: the core QP and the price of credit assignment ---------------------------------------
-# core_allocation on 6400 samples, n = 8, 127 sampled coalitions, against per-sample DAQP and OSQP
-# loops (needs requirements-dev.txt), then CORA-MAPPO's SPS relative to MAPPO's on the same env.
-echo
-python - <<'EOF' 2>/dev/null || echo "(core QP timing skipped: pip install -r requirements-dev.txt)"
-import time, numpy as np, torch, daqp
-from cleanmarl.cora_mappo import core_allocation, core_allocation_osqp, sample_coalitions
-torch.set_num_threads(1)
-n, B, reg = 8, 6400, 1e-2
-gen = torch.Generator().manual_seed(0)
-C = sample_coalitions(n, 2 ** (n - 1) - 1, gen)
-m = len(C)
-v, AN = torch.randn(B, m, generator=gen, dtype=torch.float64) * 3, torch.randn(B, generator=gen, dtype=torch.float64) * 3
-core_allocation(C, v[:64], AN[:64], reg)
-start = time.perf_counter(); alloc, _ = core_allocation(C, v, AN, reg); t_ipm = time.perf_counter() - start
-H = np.diag(np.r_[np.full(n, 2 * reg), 0.0])
-A = np.r_[np.r_[np.ones(n), 0.0][None], np.c_[C.double().numpy(), np.ones(m)], np.r_[np.zeros(n), 1.0][None]]
-sense = np.zeros(m + 2, dtype=np.int32); sense[0] = 5
-start, err = time.perf_counter(), 0.0
-for b in range(B):
-    f = np.r_[np.full(n, -2 * reg * AN[b].item() / n), 1.0]
-    x = daqp.solve(H, f, A, np.r_[AN[b].item(), np.full(m + 1, 1e30)], np.r_[AN[b].item(), v[b].numpy(), 0.0], sense)[0]
-    err = max(err, float(np.abs(x[:n] - alloc[b].numpy()).max()))
-t_daqp = time.perf_counter() - start
-k = 400
-start = time.perf_counter(); core_allocation_osqp(C, v[:k], AN[:k], reg); t_osqp = (time.perf_counter() - start) * B / k
-print(f"core QP (Eq. 24), n=8, {m} coalitions, {B} samples: batched {t_ipm*1e3:.0f} ms, DAQP loop {t_daqp*1e3:.0f} ms, "
-      f"OSQP loop {t_osqp*1e3:.0f} ms (from {k}); batched vs DAQP max abs diff {err:.1e}")
-EOF
-CORA_STEPS=${CORA_STEPS:-32000}
-printf '%-44s %8s %16s %16s\n' "vmas:navigation, 64 envs, $CORA_STEPS steps" "MAPPO" "CORA quadratic" "CORA MC (K=16)"
-for n in 3 5 8; do
-  id="vmas:navigation,n_agents=$n"
-  base=$(STEPS=$CORA_STEPS train mappo.py "$id" 64)
-  qc=$(python cleanmarl/cora_mappo.py --env-id "$id" --num-envs 64 --total-timesteps "$CORA_STEPS" --critic quadratic 2>&1 | grep -o 'SPS=[0-9]*' | tail -1 | cut -d= -f2)
-  mc=$(python cleanmarl/cora_mappo.py --env-id "$id" --num-envs 64 --total-timesteps "$CORA_STEPS" --critic mc 2>&1 | grep -o 'SPS=[0-9]*' | tail -1 | cut -d= -f2)
-  printf '%-44s %8s %9s (%.2fx) %9s (%.2fx)\n' "n = $n agents" "$base" "$qc" "$(python -c "print($qc/$base)")" "$mc" "$(python -c "print($mc/$base)")"
-done
-
-# ---- head-to-head with BenchMARL's MAPPO (TorchRL), when installed ----------------------------
-# Same task settings (BenchMARL's navigation config: 3 agents, shared_rew=False, 100 steps), 64
-# envs x 100 steps per batch, 10 full-batch epochs, 64x64 tanh MLPs, one thread; runs alternate.
-BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-python}
-if ! "$BENCHMARL_PYTHON" -c "import benchmarl" 2>/dev/null; then
-  echo "(head-to-head skipped: BenchMARL not installed; see requirements-bench.txt)"
-  exit 0
-fi
 benchmarl_sps() {  # discrete|continuous
   "$BENCHMARL_PYTHON" - "$1" "$STEPS" 2>/dev/null <<'EOF' | grep -o 'SPS=[0-9]*' | cut -d= -f2
 import sys, tempfile, time, torch
@@ -120,16 +271,104 @@ experiment.run()
 print(f"SPS={int(frames / (time.time() - start))}")
 EOF
 }
-id="vmas:navigation,n_agents=3,shared_rew=False"
-echo
-echo "head-to-head on $id, 64 envs (SPS; ratio = cleanmarl / BenchMARL)"
-printf '%-6s %-11s %10s %10s %7s\n' round actions cleanmarl BenchMARL ratio
-for round in $(seq "${ROUNDS:-2}"); do
-  for kind in discrete continuous; do
-    script=mappo.py; [ "$kind" = continuous ] && script=mappo_continuous.py
-    ours=$(train "$script" "$id" 64)
-    theirs=$(benchmarl_sps "$kind")
-    printf '%-6s %-11s %10s %10s %7s\n' "$round" "$kind" "$ours" "$theirs" \
-      "$(python -c "print(f'{$ours / $theirs:.2f}')")"
-  done
+
+# ---- dispatch ---------------------------------------------------------------------------------
+usage() {
+  sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-2}"
+}
+
+die() { echo "benchmark.sh: $*" >&2; exit 2; }
+
+list_groups() {
+  printf '%-16s %-8s %s\n' group commands description
+  printf '%-16s %-8s %s\n' speed - "steps per second of the scripts, CORA's QP and the BenchMARL head-to-head"
+  local name desc seeds
+  while IFS='|' read -r name desc seeds; do
+    SEEDS=$seeds
+    printf '%-16s %-8s %s\n' "$name" "$("group_$name" | wc -l)" "$desc (seeds $seeds)"
+  done <<< "$GROUP_TABLE"
+}
+
+# Writes DIR/commands.txt and DIR/array_task.sh: an sbatch script whose task i runs line i, from
+# DIR, where `cleanmarl` links to this checkout so the scripts' runs/ land in DIR/runs.
+write_array() {  # dir
+  local dir=$1 count
+  mkdir -p "$dir/logs"
+  commands > "$dir/commands.txt"
+  count=$(wc -l < "$dir/commands.txt")
+  [ "$count" -gt 0 ] || die "no commands left after --only '$ONLY'"
+  ln -sfn "$ROOT/cleanmarl" "$dir/cleanmarl"
+  cat > "$dir/array_task.sh" <<EOF
+#!/usr/bin/env bash
+# Slurm job array for benchmark group '$GROUP': task i runs line i of commands.txt.
+#SBATCH --job-name=cleanmarl-$GROUP
+#SBATCH --array=1-$count
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=4G
+#SBATCH --time=${SLURM_TIME:-24:00:00}
+#SBATCH --output=$dir/logs/slurm-%A_%a.out
+set -uo pipefail
+cd "$dir"
+i=\${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID to a line number of commands.txt}
+cmd=\$(sed -n "\${i}p" commands.txt)
+[ -n "\$cmd" ] || { echo "no command on line \$i of $dir/commands.txt" >&2; exit 2; }
+echo "\$cmd" > "logs/task-\$i.log"
+bash -c "\$cmd" >> "logs/task-\$i.log" 2>&1
+rc=\$?
+echo "task \$i exit \$rc: \$cmd" >> logs/status.txt
+exit \$rc
+EOF
+  echo "$count"
+}
+
+[ $# -ge 1 ] || usage
+case "$1" in
+  --list) list_groups; exit 0 ;;
+  -h|--help) usage 0 ;;
+  speed) [ $# -eq 1 ] || die "the speed group takes no options (STEPS=N bash benchmark.sh speed)"
+         group_speed; exit 0 ;;
+esac
+GROUP=$1
+shift
+[ -n "$(group_field "$GROUP" 1)" ] || die "unknown group '$GROUP'; valid: speed $(echo "$GROUP_TABLE" | cut -d'|' -f1 | tr '\n' ' ')(--list describes them)"
+DRY=0 JOBS=1 MODE=local RESULTS=results ONLY=""
+SEEDS=$(group_field "$GROUP" 3)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1 ;;
+    --slurm) MODE=slurm ;;
+    --seeds) SEEDS=${2:?--seeds needs a list such as 1,2,3}; shift ;;
+    --jobs) JOBS=${2:?--jobs needs a number}; shift ;;
+    --steps-scale) SCALE=${2:?--steps-scale needs a number}; shift ;;
+    --results) RESULTS=${2:?--results needs a directory}; shift ;;
+    --only) ONLY=${2:?--only needs a pattern}; shift ;;
+    *) die "unknown option '$1'; valid: --dry-run --seeds LIST --jobs N --steps-scale X --only REGEX --results DIR --slurm" ;;
+  esac
+  shift
 done
+[[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds takes comma-separated integers such as 1,2,3, got '$SEEDS'"
+[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs takes a positive integer, got '$JOBS'"
+[[ $SCALE =~ ^[0-9]*\.?[0-9]+([eE]-?[0-9]+)?$ ]] && python -c "assert $SCALE > 0" 2>/dev/null \
+  || die "--steps-scale takes a positive number, got '$SCALE'"
+
+commands() {  # the group's commands, filtered by --only
+  "group_$GROUP" | { grep -E -- "$ONLY" || true; }
+}
+if [ "$DRY" = 1 ]; then
+  commands
+  exit 0
+fi
+mkdir -p "$RESULTS"
+DIR=$(cd "$RESULTS" && pwd)/$GROUP
+COUNT=$(write_array "$DIR")
+if [ "$MODE" = slurm ]; then
+  echo "wrote $DIR/array_task.sh ($COUNT array tasks; commands in $DIR/commands.txt)"
+  echo "submit:  sbatch $DIR/array_task.sh          (--array=1-$COUNT%M caps running tasks at M)"
+  echo "then:    python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+  exit 0
+fi
+echo "$COUNT commands on $JOBS local worker(s); logs in $DIR/logs, runs in $DIR/runs"
+seq 1 "$COUNT" | xargs -P "$JOBS" -I{} env SLURM_ARRAY_TASK_ID={} bash "$DIR/array_task.sh" \
+  || echo "some commands failed: see $DIR/logs/status.txt"
+echo "done: python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
