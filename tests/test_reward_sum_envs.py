@@ -10,7 +10,8 @@ import torch
 from cleanmarl.envs import EnvError, make_env
 from tests.test_scripts import MAPPO, only_run_dir, run, scalars
 
-IDS = ["cacc:catchup", "cacc:slowdown", "cacc:catchup,eval=1"]
+IDS = ["cacc:catchup", "cacc:slowdown", "cacc:catchup,eval=1", "mpe:encircle-8", "mpe:encircle-20,max_steps=30",
+       "mpe:encircle-4,obstacles=0"]
 E = 6
 
 
@@ -60,6 +61,11 @@ def test_same_seed_same_trajectories(env_id):
     ("cacc:catchup,eval=2", "eval must be 0 or 1"),
     ("cacc:catchup,speed=3", "takes options eval=0|1 and scale=<float>"),
     ("cacc:catchup,scale=big", "scale must be a number"),
+    ("mpe:encircle-7", "unknown mpe scenario 'encircle-7'; valid: encircle-<n> with n even >= 4"),
+    ("mpe:encircle-2", "unknown mpe scenario 'encircle-2'"),
+    ("mpe:spread", "unknown mpe scenario 'spread'"),
+    ("mpe:encircle-8,max_steps=0", "max_steps must be an integer >= 1"),
+    ("mpe:encircle-8,radius=1", "takes options max_steps=T and obstacles=K"),
 ])
 def test_bad_ids_are_one_line_errors(env_id, message):
     with pytest.raises(EnvError, match=message) as err:
@@ -67,7 +73,7 @@ def test_bad_ids_are_one_line_errors(env_id, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("env_id", ["cacc:catchup", "cacc:slowdown"])
+@pytest.mark.parametrize("env_id", ["cacc:catchup", "cacc:slowdown", "mpe:encircle-8", "mpe:encircle-20"])
 def test_mappo_runs_end_to_end(env_id, tmp_path):
     r = run(MAPPO, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
             "--update-epochs", "2", "--num-minibatches", "2", cwd=tmp_path)
@@ -175,3 +181,116 @@ def test_cacc_slowdown_lead_profile():
     s = env.step(torch.zeros(2, 8, dtype=torch.long))
     lead_next = torch.tensor(expected[:, 1], dtype=torch.float32)
     torch.testing.assert_close(s.agent_state[:, 0, 1], ((lead_next - env.v[:, 0]) / 5).clamp(-2, 2))
+
+
+# ---- mpe:encircle --------------------------------------------------------------------------------
+def encircle_rewards_np(pos, target):
+    """Eq. (17)-(18) with the paper's 1-based numbering: only even agents pay for their odd
+    neighbours' angular spacing."""
+    n = len(pos)
+    rel = pos - target
+    angle = lambda a, b: math.acos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1, 1))
+    r = np.zeros(n)
+    for i in range(1, n + 1):  # paper numbering
+        k = i - 1
+        r[k] = -0.1 * (np.linalg.norm(rel[k]) - 0.7) ** 2
+        if i % 2 == 0:
+            for j in (i - 1, i + 1):
+                r[k] -= (angle(rel[k], rel[(j - 1) % n]) - 2 * math.pi / n) ** 2
+    return r
+
+
+def placed_encircle(n, pos, target, vel=None):
+    env = make_env(f"mpe:encircle-{n},obstacles=0", 1, seed=0)
+    env.reset()
+    env.pos = torch.tensor(pos, dtype=torch.float32).unsqueeze(0)
+    env.vel = torch.zeros_like(env.pos) if vel is None else torch.tensor(vel, dtype=torch.float32).unsqueeze(0)
+    env.target = torch.tensor(target, dtype=torch.float32).unsqueeze(0)
+    return env
+
+
+def test_encircle_rewards_on_hand_placed_agents():
+    rng = np.random.default_rng(0)
+    for n in (4, 8, 20):
+        pos, target = rng.uniform(-2, 2, (n, 2)), rng.uniform(-0.3, 0.3, 2)
+        env = placed_encircle(n, pos, target)
+        s = env.step(torch.zeros(1, n, dtype=torch.long))  # no-op at rest: nobody moves
+        np.testing.assert_allclose(s.agent_reward[0].numpy(), encircle_rewards_np(pos, target), rtol=1e-4, atol=1e-5)
+    # the perfect ring: radius 0.7, spacing 2π/n, earns 0 for every agent
+    n = 8
+    angles = 0.3 + 2 * math.pi * np.arange(n) / n
+    ring = np.array([0.1, -0.2]) + 0.7 * np.stack([np.cos(angles), np.sin(angles)], -1)
+    s = placed_encircle(n, ring, [0.1, -0.2]).step(torch.zeros(1, n, dtype=torch.long))
+    assert s.agent_reward.abs().max() < 1e-5
+    # a worked case, n = 4, target at 0: agents 1..4 at angles 0, π/2, π, π/4 and distances 0.7, 1, 0.7, 0.7
+    pos = np.array([[0.7, 0], [0, 1.0], [-0.7, 0], [0.7 / math.sqrt(2), 0.7 / math.sqrt(2)]])
+    s = placed_encircle(4, pos, [0, 0]).step(torch.zeros(1, 4, dtype=torch.long))
+    expected = [0.0, -0.1 * 0.3**2 - 0 - 0, 0.0, -(math.pi / 4 - math.pi / 2) ** 2 - (3 * math.pi / 4 - math.pi / 2) ** 2]
+    np.testing.assert_allclose(s.agent_reward[0].numpy(), expected, atol=1e-5)
+
+
+def test_encircle_reward_coupling_graph():
+    """Moving paper agent i (odd) changes the rewards of i, i - 1 and i + 1; moving an even agent
+    changes only its own."""
+    n = 8
+    rng = np.random.default_rng(1)
+    pos = rng.uniform(-2, 2, (n, 2))
+    base = placed_encircle(n, pos, [0, 0]).step(torch.zeros(1, n, dtype=torch.long)).agent_reward[0]
+    for k in range(n):
+        moved = pos.copy()
+        moved[k] += [0.3, -0.2]
+        r = placed_encircle(n, moved, [0, 0]).step(torch.zeros(1, n, dtype=torch.long)).agent_reward[0]
+        changed = set(torch.nonzero((r - base).abs() > 1e-6).flatten().tolist())
+        paper_odd = k % 2 == 0
+        assert changed == ({k, (k - 1) % n, (k + 1) % n} if paper_odd else {k}), (k, changed)
+
+
+def test_encircle_observations_follow_the_graph():
+    n = 8
+    rng = np.random.default_rng(2)
+    pos, vel = rng.uniform(-2, 2, (n, 2)), rng.uniform(-1, 1, (n, 2))
+    env = placed_encircle(n, pos, [0.1, 0.2], vel)
+    obs, state, own, _ = env._observe()
+    obs = obs[0].numpy()
+    for k in range(n):
+        np.testing.assert_allclose(obs[k, :6], np.concatenate([vel[k], pos[k], [0.1, 0.2] - pos[k]]), rtol=1e-5, atol=1e-6)
+        if k % 2 == 0:  # the paper's odd agents see their two (even) neighbours
+            p, q = (k - 1) % n, (k + 1) % n
+            seen = np.concatenate([pos[p] - pos[k], vel[p], pos[q] - pos[k], vel[q]])
+            np.testing.assert_allclose(obs[k, 6:], seen, rtol=1e-5, atol=1e-5)
+        else:
+            assert (obs[k, 6:] == 0).all()
+    torch.testing.assert_close(own, torch.tensor(obs[:, :6]).unsqueeze(0))
+    np.testing.assert_allclose(state[0].numpy(), np.concatenate([[0.1, 0.2], pos.ravel(), vel.ravel()]), rtol=1e-6)
+
+
+def test_encircle_dynamics_and_obstacle_contact():
+    env = make_env("mpe:encircle-4,obstacles=1", 1, seed=0)
+    env.reset()
+    pos = np.array([[1.0, 1.0], [0.42, 0.5], [-1.0, 0.3], [0.0, -1.2]])  # agent 2 touches the obstacle
+    vel = np.array([[0.2, 0.0], [0.5, 0.1], [0.0, -0.3], [0.0, 0.0]])
+    obstacle = np.array([0.5, 0.5])
+    env.pos = torch.tensor(pos, dtype=torch.float32).unsqueeze(0)
+    env.vel = torch.tensor(vel, dtype=torch.float32).unsqueeze(0)
+    env.obstacles = torch.tensor(obstacle, dtype=torch.float32).view(1, 1, 2)
+    actions = np.array([1, 1, 3, 0])
+    env.step(torch.tensor(actions).unsqueeze(0))
+    direction = np.array([(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)], dtype=float)[actions]
+    delta = pos - obstacle
+    dist = np.linalg.norm(delta, axis=1, keepdims=True)
+    penetration = np.logaddexp(0, -(dist - 0.15) / 1e-3) * 1e-3
+    force = 5 * direction + 100 * delta / dist * penetration
+    vel_next = 0.75 * vel + 0.1 * force
+    np.testing.assert_allclose(env.vel[0].numpy(), vel_next, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(env.pos[0].numpy(), pos + 0.1 * vel_next, rtol=1e-5, atol=1e-6)
+    assert env.vel[0, 1, 0] < 0.75 * 0.5  # pushed back out of the obstacle against its own thrust
+
+
+def test_encircle_start_layout():
+    env = make_env("mpe:encircle-20", 200, seed=0)
+    env.reset()
+    d = (env.pos - env.target.unsqueeze(1)).norm(dim=-1)
+    assert d.min() >= 1.5 - 1e-5 and d.max() <= 2.0 + 1e-5
+    d_obs = (env.obstacles - env.target.unsqueeze(1)).norm(dim=-1)
+    assert d_obs.min() >= 0.9 - 1e-5 and d_obs.max() <= 1.2 + 1e-5 and env.obstacles.shape[1] == 4
+    assert env.target.abs().max() <= 0.25 and env.vel.eq(0).all()

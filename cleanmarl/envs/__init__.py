@@ -61,6 +61,12 @@ def _atsc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return TrafficSignals(env_id, scenario, num_envs, seed, device, kwargs)
 
 
+def _mpe(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .mpe_encircle import Encircle
+
+    return Encircle(env_id, scenario, num_envs, seed, device, kwargs)
+
+
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "matrix": (_matrix, ("discrete",), "matrix:team, matrix:peaks10-2x10, matrix:climbing, matrix:penalty,k=-50", True),
@@ -70,6 +76,7 @@ FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "smacv2": (_smac, ("discrete",), "smacv2:protoss_5_vs_5, smacv2:zerg_10_vs_11 (needs StarCraft II)", False),
     "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
     "coupled": (_coupled, ("discrete",), "coupled:ring, coupled:ring-6", False),
+    "mpe": (_mpe, ("discrete",), "mpe:encircle-8, mpe:encircle-20,max_steps=25", True),
     "cacc": (_cacc, ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
     "atsc": (_atsc, ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
 }
