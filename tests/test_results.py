@@ -1,0 +1,103 @@
+"""docs/plot_results.py: the aggregation math against hand-computed values on synthetic logs."""
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import pytest
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs"))
+import plot_results as pr  # noqa: E402
+
+T_975_2 = 4.302652729749464  # Student t quantile 0.975 with 2 degrees of freedom (tables)
+
+
+def write_run(root, env_id, exp, seed, points, tag=pr.RETURN_TAG, extra=None, evaluation=None):
+    path = os.path.join(root, f"{env_id}__{exp}__{seed}__1700000000")
+    writer = SummaryWriter(path)
+    for step, value in points:
+        writer.add_scalar(tag, value, step)
+        writer.add_scalar("losses/value_loss", 0.0, step)
+    for tag2, pts in (extra or {}).items():
+        for step, value in pts:
+            writer.add_scalar(tag2, value, step)
+    writer.close()
+    if evaluation is not None:
+        with open(os.path.join(path, "eval.json"), "w") as f:
+            json.dump(evaluation, f)
+    return path
+
+
+def test_parse_run_name():
+    assert pr.parse_run_name("matrix:team__cora_mappo_mc__3__1732000000") == ("matrix:team", "cora_mappo_mc", 3)
+    assert pr.parse_run_name("vmas:give_way,n_agents=2__mappo__1__17") == ("vmas:give_way,n_agents=2", "mappo", 1)
+    assert pr.parse_run_name("not_a_run") is None
+
+
+def test_mean_ci_by_hand():
+    mean, lo, hi = pr.mean_ci(np.array([[1.0], [2.0], [3.0]]))
+    half = T_975_2 * 1.0 / math.sqrt(3)  # sd = 1
+    assert mean[0] == pytest.approx(2.0)
+    assert lo[0] == pytest.approx(2.0 - half) and hi[0] == pytest.approx(2.0 + half)
+    mean, lo, hi = pr.mean_ci(np.array([[5.0]]))  # one seed: no interval
+    assert mean[0] == 5.0 and math.isnan(lo[0]) and math.isnan(hi[0])
+
+
+def test_interpolation_auc_final_by_hand():
+    runs = [pr.Run("e", "a", 1, pr.RETURN_TAG, np.array([0.0, 100.0]), np.array([0.0, 10.0])),
+            pr.Run("e", "a", 2, pr.RETURN_TAG, np.array([20.0, 60.0, 120.0]), np.array([4.0, 4.0, 0.0]))]
+    grid = pr.common_grid(runs, 5)  # the range both cover: 20 .. 100
+    np.testing.assert_allclose(grid, [20, 40, 60, 80, 100])
+    curves = pr.interpolate(runs, grid)
+    np.testing.assert_allclose(curves[0], [2, 4, 6, 8, 10])
+    np.testing.assert_allclose(curves[1], [4, 4, 4, 4 - 4 / 3, 4 - 8 / 3])  # 60 -> 120 falls 4 by 4/60 a step
+    # trapezoids of width 20 over 20..100, divided by 80: run 1 averages 6
+    area2 = 20 * (4 + 4) / 2 * 2 + 20 * (4 + 8 / 3) / 2 + 20 * (8 / 3 + 4 / 3) / 2
+    np.testing.assert_allclose(pr.auc(grid, curves), [6.0, area2 / 80])
+    np.testing.assert_allclose(pr.final(curves, 0.4), [9.0, (8 / 3 + 4 / 3) / 2])  # last 2 of 5 points
+    np.testing.assert_allclose(pr.final(curves, 0.01), [10.0, 4 / 3])  # at least one point
+
+
+def test_summary_plots_and_table_from_event_files(tmp_path):
+    runs_dir = str(tmp_path / "runs")
+    # algorithm A: seeds with linear curves ending at 9, 10, 11; B: flat at 1, 2, 3
+    for seed, end in zip((1, 2, 3), (9.0, 10.0, 11.0)):
+        write_run(runs_dir, "matrix:team", "algo_a", seed, [(s, end * s / 100) for s in range(0, 101, 10)],
+                  evaluation={"eval_return_mean": end, "optimal_return": 12.0})
+        write_run(runs_dir, "matrix:team", "algo_b", seed, [(s, float(seed)) for s in range(0, 101, 10)])
+    # a run with a win rate: the win rate is its curve
+    write_run(runs_dir, "smax:3m", "algo_a", 1, [(0, 5.0), (100, 6.0)],
+              extra={pr.WIN_TAG: [(0, 0.0), (100, 1.0)]}, evaluation={"eval_return_mean": 1.0, "eval_win_rate": 0.5})
+    out = str(tmp_path / "out")
+    pr.main([runs_dir, "--out", out, "--grid", "11", "--final-frac", "0.05"])
+    summary = json.load(open(os.path.join(out, "results.json")))
+    a, b = summary["matrix:team"]["algo_a"], summary["matrix:team"]["algo_b"]
+    assert a["seeds"] == [1, 2, 3]
+    np.testing.assert_allclose(a["grid"], np.arange(0, 101, 10))
+    np.testing.assert_allclose(a["mean"], np.arange(0, 101, 10) / 10)  # mean slope 10/100
+    half = T_975_2 / math.sqrt(3)  # final values 9, 10, 11: sd 1
+    assert a["final"]["mean"] == pytest.approx(10.0)
+    assert a["final"]["hi"] - a["final"]["mean"] == pytest.approx(half)
+    assert a["auc"]["mean"] == pytest.approx(5.0)  # a line from 0 to 10 averages 5
+    assert a["auc"]["hi"] - 5.0 == pytest.approx(half / 2)  # per-seed AUCs 4.5, 5, 5.5
+    assert a["eval"]["mean"] == pytest.approx(10.0) and a["eval"]["n"] == 3
+    assert b["final"]["mean"] == pytest.approx(2.0) and b["auc"]["mean"] == pytest.approx(2.0)
+    np.testing.assert_allclose(b["lo"], 2.0 - half)
+    win = summary["smax:3m"]["algo_a"]
+    assert win["metric"] == pr.WIN_TAG and win["final"]["mean"] == pytest.approx(1.0)
+    assert math.isnan(win["final"]["lo"]) and win["eval"]["mean"] == pytest.approx(0.5)
+    table = open(os.path.join(out, "results.md")).read()
+    assert "| algo_a | 3 | 10 [" in table and "| algo_b | 3 | 2 [" in table
+    assert table.index("| algo_a |") < table.index("| algo_b |")  # sorted by final
+    assert "optimum, mean over seeds: 12" in table
+    for name in ("matrix_team.png", "smax_3m.png"):
+        png = os.path.join(out, name)
+        assert os.path.getsize(png) > 5000 and open(png, "rb").read(4) == b"\x89PNG"
+
+
+def test_no_runs_is_one_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no runs"):
+        pr.main([str(tmp_path), "--out", str(tmp_path / "o")])
