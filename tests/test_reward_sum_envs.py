@@ -11,7 +11,7 @@ from cleanmarl.envs import EnvError, make_env
 from tests.test_scripts import MAPPO, only_run_dir, run, scalars
 
 IDS = ["cacc:catchup", "cacc:slowdown", "cacc:catchup,eval=1", "mpe:encircle-8", "mpe:encircle-20,max_steps=30",
-       "mpe:encircle-4,obstacles=0"]
+       "mpe:encircle-4,obstacles=0", "pcp:", "pcp:default,dim=4,vision=2,max_steps=30"]
 E = 6
 
 
@@ -66,6 +66,9 @@ def test_same_seed_same_trajectories(env_id):
     ("mpe:spread", "unknown mpe scenario 'spread'"),
     ("mpe:encircle-8,max_steps=0", "max_steps must be an integer >= 1"),
     ("mpe:encircle-8,radius=1", "takes options max_steps=T and obstacles=K"),
+    ("pcp:big", "unknown pcp scenario 'big'"),
+    ("pcp:,dim=2", "need integers dim >= 3"),
+    ("pcp:,prey=2", "pcp takes options dim=D, vision=V, max_steps=T"),
 ])
 def test_bad_ids_are_one_line_errors(env_id, message):
     with pytest.raises(EnvError, match=message) as err:
@@ -73,7 +76,7 @@ def test_bad_ids_are_one_line_errors(env_id, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("env_id", ["cacc:catchup", "cacc:slowdown", "mpe:encircle-8", "mpe:encircle-20"])
+@pytest.mark.parametrize("env_id", ["cacc:catchup", "cacc:slowdown", "mpe:encircle-8", "mpe:encircle-20", "pcp:"])
 def test_mappo_runs_end_to_end(env_id, tmp_path):
     r = run(MAPPO, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
             "--update-epochs", "2", "--num-minibatches", "2", cwd=tmp_path)
@@ -294,3 +297,128 @@ def test_encircle_start_layout():
     d_obs = (env.obstacles - env.target.unsqueeze(1)).norm(dim=-1)
     assert d_obs.min() >= 0.9 - 1e-5 and d_obs.max() <= 1.2 + 1e-5 and env.obstacles.shape[1] == 4
     assert env.target.abs().max() <= 0.25 and env.vel.eq(0).all()
+
+
+# ---- pcp: ----------------------------------------------------------------------------------------
+MOVES_NP = {0: (-1, 0), 1: (0, 1), 2: (1, 0), 3: (0, -1), 4: (0, 0), 5: (0, 0)}
+
+
+def pcp_step_np(pos, prey, reached, captured, actions, dim):
+    """Seraj et al.'s rules, one agent at a time: agents 0-3 perceive, 4-7 capture."""
+    pos, reached, captured = pos.copy(), reached.copy(), captured.copy()
+    for i, a in enumerate(actions):
+        if i >= 4 and a == 5 and (pos[i] == prey).all():
+            captured[i] = True
+        if reached[i]:
+            continue  # stays on the prey
+        dr, dc = MOVES_NP[int(a)]
+        pos[i] = [min(max(pos[i][0] + dr, 0), dim - 1), min(max(pos[i][1] + dc, 0), dim - 1)]
+    reward = np.full(8, -0.05)
+    for i in range(8):
+        if (pos[i] == prey).all():
+            reached[i] = True
+        if (i < 4 and reached[i]) or (i >= 4 and captured[i]):
+            reward[i] = 0.0
+    win = reached.all() and captured[4:].all()
+    return pos, reached, captured, reward, win
+
+
+def test_pcp_rules_against_numpy_reference():
+    env = make_env("pcp:default,dim=3,max_steps=200", 4, seed=0)
+    env.reset()
+    gen = torch.Generator().manual_seed(0)
+    wins = captures = 0
+    for _ in range(300):
+        # mostly capture attempts once on the prey, so episodes get won
+        actions = torch.randint(0, 6, (4, 8), generator=gen)
+        actions[:, 4:] = torch.where(torch.rand(4, 4, generator=gen) < 0.3, 5, actions[:, 4:])
+        before = [x.clone().numpy() for x in (env.pos, env.prey, env.reached, env.captured)]
+        s = env.step(actions)
+        for e in range(4):
+            pos, reached, captured, reward, win = pcp_step_np(before[0][e], before[1][e], before[2][e], before[3][e],
+                                                             actions[e].numpy(), 3)
+            np.testing.assert_allclose(s.agent_reward[e].numpy(), reward)
+            assert bool(s.terminated[e]) == win and bool(s.episodes.win[e]) == win
+            if not (s.terminated[e] or s.truncated[e]):
+                assert (env.pos[e].numpy() == pos).all() and (env.reached[e].numpy() == reached).all()
+                assert (env.captured[e].numpy() == captured).all()
+            wins += win
+            captures += int(captured[4:].sum() > before[3][e][4:].sum())
+    assert wins >= 3 and captures >= 10
+    assert not env.captured[:, :4].any()  # perception agents never capture
+
+
+def test_pcp_capture_rules_by_hand():
+    env = make_env("pcp:", 1, seed=0)
+    env.reset()
+    env.prey = torch.tensor([[2, 2]])
+    env.pos = torch.tensor([[[2, 1], [0, 0], [4, 4], [0, 4], [1, 2], [0, 0], [4, 0], [2, 2]]])
+    env.reached[:] = False
+    env.reached[0, 7] = True  # action agent 8 already stands on the prey
+    s = env.step(torch.tensor([[1, 0, 4, 5, 2, 5, 3, 0]]))
+    # agent 1 steps onto the prey (0); 2 hits the wall; 4 "captures" as a perception agent (a stay);
+    # 5 reaches the prey but has not captured; 6 captures off the prey (nothing); 8 tries to leave (stays)
+    assert env.pos[0].tolist() == [[2, 2], [0, 0], [4, 4], [0, 4], [2, 2], [0, 0], [4, 0], [2, 2]]
+    assert s.agent_reward[0].tolist() == pytest.approx([0, -0.05, -0.05, -0.05, -0.05, -0.05, -0.05, -0.05])
+    s = env.step(torch.tensor([[3, 4, 4, 4, 0, 4, 4, 5]]))  # 1 and 5 are held on the prey; 8 captures
+    assert env.pos[0, 0].tolist() == [2, 2] and env.pos[0, 4].tolist() == [2, 2]
+    assert s.agent_reward[0].tolist() == pytest.approx([0, -0.05, -0.05, -0.05, -0.05, -0.05, -0.05, 0])
+    assert env.captured[0].tolist() == [False] * 7 + [True]
+    # everyone on the prey, the last three action agents capture: a win that ends the episode
+    env.pos[0] = torch.tensor([2, 2])
+    env.reached[0] = True
+    s = env.step(torch.tensor([[4, 4, 4, 4, 5, 5, 5, 4]]))
+    assert s.terminated.item() and s.episodes.win.item() and s.reward.item() == 0
+    assert s.episodes.length.item() == 3
+
+
+def views_np(pos, prey, dim, v):
+    """Each agent's (2v+1)² x [prey, perception, action, outside] view, by explicit loops."""
+    w = 2 * v + 1
+    out = np.zeros((8, 4, w, w))
+    for i in range(8):
+        for a in range(w):
+            for b in range(w):
+                r, c = pos[i][0] - v + a, pos[i][1] - v + b
+                if not (0 <= r < dim and 0 <= c < dim):
+                    out[i, 3, a, b] = 1
+                    continue
+                out[i, 0, a, b] = float(r == prey[0] and c == prey[1])
+                out[i, 1, a, b] = sum(1 for j in range(4) if tuple(pos[j]) == (r, c))
+                out[i, 2, a, b] = sum(1 for j in range(4, 8) if tuple(pos[j]) == (r, c))
+    return out.reshape(8, -1)
+
+
+@pytest.mark.parametrize("vision", [0, 1, 2])
+def test_pcp_views_and_who_hears_whom(vision):
+    dim = 5
+    env = make_env(f"pcp:default,vision={vision}", 1, seed=0)
+    env.reset()
+    pos = np.array([[0, 0], [1, 1], [4, 2], [1, 1], [0, 1], [2, 2], [4, 4], [1, 0]])
+    prey = np.array([1, 0])
+    env.pos, env.prey = torch.tensor(pos).unsqueeze(0), torch.tensor(prey).unsqueeze(0)
+    views = views_np(pos, prey, dim, vision)
+    np.testing.assert_allclose(env.views()[0].numpy(), views)
+    obs = env._observe()[0][0].numpy()
+    W = views.shape[1]
+    own_pos = pos / (dim - 1)
+    for i in range(8):
+        np.testing.assert_allclose(obs[i, :2], own_pos[i], rtol=1e-6)
+        own_view, heard = obs[i, 4:4 + W], obs[i, 4 + W:]
+        if i < 4:  # perception agents see, hear no one
+            np.testing.assert_allclose(own_view, views[i])
+            assert (heard == 0).all()
+        else:  # action agents are blind and hear perception agents k and k + 1 (mod 4)
+            assert (own_view == 0).all()
+            k = i - 4
+            expected = np.concatenate([own_pos[k], views[k], own_pos[(k + 1) % 4], views[(k + 1) % 4]])
+            np.testing.assert_allclose(heard, expected, rtol=1e-6)
+
+
+def test_pcp_start_positions_are_distinct():
+    env = make_env("pcp:", 300, seed=1)
+    env.reset()
+    cells = torch.cat([env.pos, env.prey.unsqueeze(1)], 1)  # [E, 9, 2]
+    flat = cells[..., 0] * 5 + cells[..., 1]
+    assert all(len(set(row.tolist())) == 9 for row in flat)
+    assert flat.min() == 0 and flat.max() == 24 and not env.reached.any() and not env.captured.any()
