@@ -1,0 +1,94 @@
+"""benchmark.sh: every group lists its commands, their flags exist, and a Slurm array task runs."""
+
+import ast
+import glob
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GROUPS = ["matrix", "diff", "diff_coalitions", "vmas", "give_way", "mamujoco", "smac", "smax", "grf",
+          "encircle", "pcp", "cacc", "atsc"]
+
+
+def bench(*args, check=True):
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmark.sh"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def script_flags(script):
+    """The `--flags` an existing script's Args accepts (booleans also as --no-...)."""
+    tree = ast.parse(open(os.path.join(ROOT, "cleanmarl", script)).read())
+    args = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Args")
+    names = [s.target.id.replace("_", "-") for s in args.body if isinstance(s, ast.AnnAssign)]
+    return {f"--{n}" for n in names} | {f"--no-{n}" for n in names}
+
+
+def test_list_names_every_group():
+    out = bench("--list").stdout
+    for group in ["speed"] + GROUPS:
+        assert re.search(rf"^{group}\s", out, re.M), group
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_dry_run_lists_valid_commands(group):
+    lines = bench(group, "--dry-run", "--seeds", "1,2", "--steps-scale", "0.5").stdout.splitlines()
+    assert lines and len(lines) % 2 == 0
+    for line in lines:
+        words = line.split()
+        assert words[:2][0] == "python" and words[1].startswith("cleanmarl/"), line
+        assert "--threads 1" in line and ("--seed 1 " in line or "--seed 2 " in line)
+        steps = int(words[words.index("--total-timesteps") + 1])
+        assert steps > 0
+        script = words[1].split("/")[1]
+        if os.path.exists(os.path.join(ROOT, "cleanmarl", script)):  # scripts still being written are skipped
+            unknown = {w for w in words if w.startswith("--")} - script_flags(script)
+            assert not unknown, f"{script} has no flags {unknown}"
+
+
+def test_table_v_settings_reach_the_commands():
+    lines = bench("matrix", "--dry-run", "--seeds", "1").stdout.splitlines()
+    assert len(lines) == 4 * 5  # MTG + Multi-Peak 5/10/15, five algorithms
+    assert all("--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.3 --ent-coef 1e-3 --num-envs 4" in l
+               for l in lines)
+    assert sum("--critic mc --mc-samples 16" in l for l in lines) == 4
+    half = bench("matrix", "--dry-run", "--seeds", "7", "--steps-scale", "0.5").stdout
+    assert "--seed 7 --total-timesteps 100000 " in half
+    ilvf = bench("cacc", "--dry-run", "--seeds", "1").stdout
+    assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 8
+
+
+def test_bad_input_is_one_clear_line():
+    for args, message in ((["nope"], "unknown group 'nope'"), (["matrix", "--seeds", "x"], "--seeds"),
+                          (["matrix", "--jobs", "0"], "--jobs"), (["matrix", "--steps-scale", "-2"], "--steps-scale"),
+                          (["matrix", "--frobnicate"], "unknown option")):
+        proc = bench(*args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_slurm_array_task_runs_one_command(tmp_path):
+    """--slurm writes the array script; running it as Slurm would (task id set) trains one tiny run."""
+    out = bench("matrix", "--slurm", "--seeds", "1", "--steps-scale", "0.002", "--only", "cleanmarl/mappo.py --env-id matrix:team ",
+                "--results", str(tmp_path)).stdout
+    group_dir = tmp_path / "matrix"
+    script = group_dir / "array_task.sh"
+    assert f"sbatch {script}" in out
+    text = script.read_text()
+    assert "#SBATCH --array=1-1" in text and "SLURM_ARRAY_TASK_ID" in text
+    assert (group_dir / "commands.txt").read_text().count("\n") == 1
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1")
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (group_dir / "logs" / "task-1.log").read_text()
+    evals = glob.glob(str(group_dir / "runs" / "matrix:team__mappo__1__*" / "eval.json"))
+    assert len(evals) == 1 and "eval_return_mean" in json.load(open(evals[0]))
+    assert "exit 0" in (group_dir / "logs" / "status.txt").read_text()
+    # a task id beyond the command file fails with its own message
+    env["SLURM_ARRAY_TASK_ID"] = "2"
+    proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no command on line 2" in proc.stderr
