@@ -147,6 +147,16 @@ group_encircle() { ilvf_grid 2000000 mpe:encircle-8 mpe:encircle-20; }
 group_pcp() { ilvf_grid 2000000 pcp:default; }
 group_cacc() { ilvf_grid 1000000 cacc:catchup cacc:slowdown; }
 group_atsc() { ilvf_grid 1000000 atsc:large-grid; }
+group_ilvf_ablation() {  # ILVF App. C (no inferring, Fig. 8) and App. D (Fig. 9) on MPE Encircle, 20 agents
+  local env=mpe:encircle-20 variant
+  emit 2000000 ilvf_ppo.py "$env" "$T1_ILVF" --no-inferring --exp-name ilvf_ppo_no_inferring
+  for variant in "--w-init identity|w_identity" "--w-init ones|w_ones" "--discretize threshold --threshold 0.2|threshold_0.2" \
+                 "--discretize threshold --threshold 0.5|threshold_0.5" "--discretize threshold --threshold 0.8|threshold_0.8" \
+                 "--tau 0.5|tau_0.5" "--tau 2.0|tau_2"; do
+    # shellcheck disable=SC2086
+    emit 2000000 ilvf_ppo.py "$env" "$T1_ILVF" ${variant%|*} --exp-name "ilvf_ppo_${variant#*|}"
+  done
+}
 
 # name | description | default seeds (CORA Table V "Runs"; the ILVF paper states none: 5)
 GROUP_TABLE="matrix|CORA Fig. 2: Matrix Team Game and Multi-Peak 5/10/15, 5 algorithms|1,2,3,4,5
@@ -161,7 +171,8 @@ grf|CORA Fig. 7: GRF academies (needs gfootball's build)|1,2,3,4,5,6,7,8
 encircle|ILVF Fig. 3: MPE Encircle, 8 and 20 agents|1,2,3,4,5
 pcp|ILVF Fig. 3: Predator-Capture-Prey|1,2,3,4,5
 cacc|ILVF Fig. 3: CACC catch-up and slow-down|1,2,3,4,5
-atsc|ILVF Fig. 3: ATSC large grid (needs SUMO)|1,2,3,4,5"
+atsc|ILVF Fig. 3: ATSC large grid (needs SUMO)|1,2,3,4,5
+ilvf_ablation|ILVF App. C/D: no inferring, W init, discretization, tau; Encircle 20|1,2,3,4,5"
 
 group_field() {  # name field-number
   echo "$GROUP_TABLE" | awk -F'|' -v g="$1" -v f="$2" '$1 == g { print $f }'

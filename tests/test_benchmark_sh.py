@@ -11,7 +11,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = ["matrix", "diff", "diff_coalitions", "vmas", "give_way", "mamujoco", "smac", "smax", "grf",
-          "encircle", "pcp", "cacc", "atsc"]
+          "encircle", "pcp", "cacc", "atsc", "ilvf_ablation"]
 
 
 def bench(*args, check=True):
