@@ -76,6 +76,12 @@ def test_bad_ids_are_one_line_errors(env_id, message):
     assert "\n" not in str(err.value)
 
 
+def test_script_reports_a_bad_id_in_one_line(tmp_path):
+    r = run(MAPPO, "--env-id", "mpe:encircle-9", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "unknown mpe scenario 'encircle-9'" in r.stderr
+
+
 @pytest.mark.parametrize("env_id", ["cacc:catchup", "cacc:slowdown", "mpe:encircle-8", "mpe:encircle-20", "pcp:"])
 def test_mappo_runs_end_to_end(env_id, tmp_path):
     r = run(MAPPO, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
