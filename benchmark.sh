@@ -40,6 +40,12 @@ emit() {  # steps script env-id [flags...]
   done
 }
 
+emit_spec() {  # steps env-id table-flags "script [flags...]"
+  local spec=$4
+  # shellcheck disable=SC2046  # the spec's flags split into words
+  emit "$1" "${spec%% *}" "$2" "$3" $(echo "$spec" | cut -s -d' ' -f2-)
+}
+
 # CORA Table V rows as flags (gamma, GAE lambda, 10 epochs and lambda_reg are the scripts' defaults
 # and shared by every row). K (MC samples) is added only for the CORA scripts.
 TV_MATRIX="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.3 --ent-coef 1e-3 --num-envs 4"
@@ -68,8 +74,7 @@ cora_grid() {  # steps action-type K table-flags env-ids...
   shift 4
   for env in "$@"; do
     while read -r algo; do
-      # shellcheck disable=SC2086  # algo holds "script flags..."
-      emit "$steps" ${algo%% *} "$env" "$flags" $(echo "$algo" | cut -s -d' ' -f2-)
+      emit_spec "$steps" "$env" "$flags" "$algo"
     done < <(cora_algorithms "$kind" "$k")
   done
 }
@@ -110,8 +115,7 @@ smac_like() {  # family
   for map in $SMAC_MAPS; do
     for algo in "mappo.py" "happo.py" "cora_mappo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_mappo_mc" \
                 "cora_happo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_happo_mc"; do
-      # shellcheck disable=SC2086
-      emit 10000000 ${algo%% *} "$1:$map" "$TV_SMAC" $(echo "$algo" | cut -s -d' ' -f2-)
+      emit_spec 10000000 "$1:$map" "$TV_SMAC" "$algo"
     done
   done
 }
@@ -121,8 +125,7 @@ group_grf() {  # CORA Fig. 7 (gfootball; cleanmarl/envs/install_gfootball.sh bui
   local sc algo
   for sc in academy_3_vs_1_with_keeper academy_counterattack_easy academy_counterattack_hard; do
     for algo in "mappo.py" "happo.py" "cora_mappo.py --critic mc --mc-samples 64 $CORA_SHARED --exp-name cora_mappo_mc"; do
-      # shellcheck disable=SC2086
-      emit 10000000 ${algo%% *} "grf:$sc" "$TV_GRF" $(echo "$algo" | cut -s -d' ' -f2-)
+      emit_spec 10000000 "grf:$sc" "$TV_GRF" "$algo"
     done
   done
 }
