@@ -32,6 +32,8 @@ ENVS = [
     ("vmas:balance,max_steps=7,n_agents=3", "continuous"),
     ("mpe:encircle-8,max_steps=7", "discrete"),
     ("pcp:default,max_steps=7", "discrete"),
+    ("cacc:catchup,max_steps=7", "discrete"),
+    ("cacc:slowdown,max_steps=7", "discrete"),
     pytest.param("mamujoco:HalfCheetah-6x1,max_steps=7", "continuous", marks=needs_mujoco),
     pytest.param("mamujoco:HalfCheetah-2x3,max_steps=7,agent_obsk=0", "continuous", marks=needs_mujoco),
 ]

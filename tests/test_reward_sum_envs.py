@@ -59,7 +59,8 @@ def test_same_seed_same_trajectories(env_id):
 @pytest.mark.parametrize("env_id,message", [
     ("cacc:cruise", "unknown cacc scenario 'cruise'"),
     ("cacc:catchup,eval=2", "eval must be 0 or 1"),
-    ("cacc:catchup,speed=3", "takes options eval=0|1 and scale=<float>"),
+    ("cacc:catchup,speed=3", "takes options eval=0|1, scale=<float> and max_steps=T"),
+    ("cacc:slowdown,max_steps=0", "max_steps must be an integer >= 1"),
     ("cacc:catchup,scale=big", "scale must be a number"),
     ("mpe:encircle-7", "unknown mpe scenario 'encircle-7'; valid: encircle-<n> with n even >= 4"),
     ("mpe:encircle-2", "unknown mpe scenario 'encircle-2'"),

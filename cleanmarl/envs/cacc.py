@@ -1,8 +1,9 @@
 """Cooperative adaptive cruise control (Chu, Chinchali & Katti, ICLR 2020; ILVF Appendix B.1).
 
 Scenarios `cacc:catchup` and `cacc:slowdown`, options `eval=1` (drop the training-only safety
-term) and `scale=<float>` (multiply every reward, default 1: the exact formula; Chu et al. divide
-by a reward norm of 2000-5000 in training, `scale=0.0002` gives their 5000).
+term), `scale=<float>` (multiply every reward, default 1: the exact formula; Chu et al. divide
+by a reward norm of 2000-5000 in training, `scale=0.0002` gives their 5000) and `max_steps=T`
+(a shorter episode than the paper's 600 steps, for tests).
 
 A platoon of 8 vehicles follows a virtual lead vehicle 0; vehicle i (1-based) follows vehicle
 i - 1. Every 0.1 s step each vehicle picks one of 4 actions, the optimal-velocity-model (OVM) gains
@@ -72,21 +73,25 @@ def vehicle_reward(h, v, u, train: bool) -> torch.Tensor:
 class CACC(MultiAgentEnv):
     def __init__(self, env_id: str, scenario: str, num_envs: int, seed: int, device, options: dict):
         if scenario not in SCENARIOS:
-            raise EnvError(f"unknown cacc scenario '{scenario}'; valid: catchup, slowdown (options: eval=1, scale=<float>)")
-        unknown = set(options) - {"eval", "scale"}
+            raise EnvError(f"unknown cacc scenario '{scenario}'; valid: catchup, slowdown "
+                           "(options: eval=1, scale=<float>, max_steps=T)")
+        unknown = set(options) - {"eval", "scale", "max_steps"}
         if unknown:
-            raise EnvError(f"cacc:{scenario} takes options eval=0|1 and scale=<float>, not {sorted(unknown)}")
+            raise EnvError(f"cacc:{scenario} takes options eval=0|1, scale=<float> and max_steps=T, not {sorted(unknown)}")
         if options.get("eval", "0") not in ("0", "1"):
             raise EnvError(f"cacc:{scenario}: eval must be 0 or 1, got '{options['eval']}'")
         try:
             self.scale = float(options.get("scale", 1.0))
         except ValueError:
             raise EnvError(f"cacc:{scenario}: scale must be a number, got '{options['scale']}'") from None
+        steps = options.get("max_steps", str(STEPS))
+        if not steps.isdigit() or int(steps) < 1:
+            raise EnvError(f"cacc:{scenario}: max_steps must be an integer >= 1, got '{steps}'")
         self.train = options.get("eval", "0") == "0"
         self.scenario = scenario
         n = N_VEHICLES
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=3 * N_FEATURES, state_dim=n * N_FEATURES,
-                       agent_state_dim=N_FEATURES, episode_limit=STEPS, discrete=True, n_actions=len(GAINS))
+                       agent_state_dim=N_FEATURES, episode_limit=int(steps), discrete=True, n_actions=len(GAINS))
         super().__init__(spec, num_envs, device)
         E = num_envs
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
