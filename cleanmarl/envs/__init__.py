@@ -73,12 +73,6 @@ def _pcp(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return PredatorCapturePrey(env_id, scenario, num_envs, seed, device, kwargs)
 
 
-def _atsc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .atsc import TrafficSignals
-
-    return TrafficSignals(env_id, scenario, num_envs, seed, device, kwargs)
-
-
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
 FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "matrix": (_matrix, ("discrete",), "matrix:team, matrix:peaks10-2x10, matrix:climbing, matrix:penalty,k=-50", True),
@@ -91,7 +85,6 @@ FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "mpe": (_mpe, ("discrete",), "mpe:encircle-8, mpe:encircle-20,max_steps=25", True),
     "cacc": (_cacc, ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
     "pcp": (_pcp, ("discrete",), "pcp:, pcp:default,dim=10,max_steps=40", True),
-    "atsc": (_atsc, ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
     "atsc": (_atsc, ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
 }
 SCRIPT_FOR = {"discrete": "mappo.py", "continuous": "mappo_continuous.py"}
