@@ -1,0 +1,670 @@
+"""ILVF-PPO (ILVF-P) for discrete actions (with action masks): influence-based local value functions.
+
+Paper: "Dynamic Causal Influence Learning in Cooperative Multi-Agent Reinforcement Learning"
+(../shared/papers/ilvf-influence-local-value-functions.md). Setting: reward sum, R = sum_i R_i
+(`step.agent_reward`). Idea: MAPPO gives every agent the global advantage, which is noisy with
+many agents; individual advantages (IPPO-C) miss what an agent does to the others' rewards. Agent
+i only needs the values of the agents its action can influence (A-Q influence, Def. 1-2; the
+local value has the global policy gradient, Theorem 1). These are inferred from state influence
+(Theorem 2 + Assumption 1: if s_j does not influence V_i, a_j does not influence Q_i), which each
+agent's critic learns with a Gumbel attention over the agents' states.
+
+Which index of W-hat is which: W_hat[i, j] = 1 means agent j's state s_j influences agent i's
+value V_i (j in N_i^V); row i is agent i's critic attending over the agents' states. Agent i's
+local advantage aggregates the agents whose values agent i's state influences, column i:
+    A-hat_i = sum_j W_hat[j, i] A_j        (Eq. 10 read with Theorem 2: j counts when i in N_j^V)
+
+Run:  python cleanmarl/ilvf_ppo.py --env-id coupled:ring
+      python cleanmarl/ilvf_ppo.py --env-id cacc:catchup --influence global   (MAPPO, reward sum)
+
+What this file implements, and where:
+  Eq. (8), h_i = f(s) in R^n, w_ij = sigmoid(h_ij), w^g_ij = sigmoid((h_ij + g_ij)/tau)
+                                                       -> `gumbel_attention`, `InfluenceCritic.logits`
+  Eq. (7), V_i(w_i1 s_1, ..., w_in s_n), Q_i(sum_j w^g_ij s_j, a)      -> `InfluenceCritic`
+  Eq. (19)-(21), --no-inferring: V_i(s_1..s_n), Q_i(s, sum_j w^g_ij a_j) -> `InfluenceCritic`
+  Eq. (9), critic loss against G_i, agent i's discounted return of r_i   -> `influence_critic_loss`
+  per-agent GAE on V_i with individual rewards (Sec. 4.3.2)             -> `compute_gae`, "GAE" block
+  W_hat ~ Bernoulli(W^g) or W^g >= c (App. D), diagonal kept (Def. 2)    -> `discretize_influence`
+  Eq. (10), local advantages A-hat_i = sum_j W_hat[j, i] A_j             -> `local_advantages`
+  Eq. (11), PPO clipped surrogate of agent i with A-hat_i + entropy bonus -> "PPO update" block
+  W initialization random / identity / ones (App. D)                    -> `InfluenceCritic.__init__`
+  Fig. 4, heatmaps of W_hat along an evaluation episode                 -> `save_heatmaps`
+  truncated episodes bootstrapped from V_i(final state)                 -> "rollout" block
+  clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
+  dead agents (step.active false) left out of the loss -> `masked_mean`
+
+Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples;
+W matrices [..., n, n] with the row the attending agent i and the column the attended agent j.
+"""
+
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
+from cleanmarl.envs import EnvError, make_env  # noqa: E402
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (python, numpy, torch and the environment)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, run on CUDA when available (the env tensors live there too)"""
+    track: bool = False
+    """if toggled, log to Weights and Biases (needs `pip install wandb`)"""
+    wandb_project_name: str = "cleanmarl"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """if toggled, record videos of the evaluation episodes (no env family here renders yet)"""
+    save_model: bool = False
+    """if toggled, save a checkpoint to runs/{run_name}/ and evaluate it greedily"""
+    eval_episodes: int = 10
+    """number of greedy evaluation episodes after training (with --save-model)"""
+    threads: int = 1
+    """torch CPU threads (1 is fastest and stable on small shared machines)"""
+
+    # Environment
+    env_id: str = "coupled:ring"
+    """the id of the environment, `family:scenario` (see README)"""
+    total_timesteps: int = 100_000
+    """total environment steps (summed over parallel envs)"""
+    num_envs: int = 4
+    """the number of parallel environments"""
+    num_steps: int = 100
+    """the number of steps per environment per rollout"""
+
+    # PPO
+    learning_rate: float = 8e-5
+    """the learning rate of the actor (Table 1)"""
+    critic_learning_rate: float = 8e-5
+    """the learning rate of the influence critics (Table 1)"""
+    anneal_lr: bool = True
+    """toggle linear annealing of both learning rates to 0"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda of generalized advantage estimation"""
+    num_minibatches: int = 1
+    """the number of minibatches per epoch (over env-steps; all agents of a step stay together)"""
+    update_epochs: int = 15
+    """the number of PPO epochs per rollout (Table 1)"""
+    norm_adv: bool = True
+    """toggle advantage normalization (per minibatch)"""
+    clip_coef: float = 0.2
+    """the PPO surrogate clipping coefficient (Table 1)"""
+    clip_vloss: bool = True
+    """toggle clipping of the value loss around the rollout's values (same coefficient)"""
+    value_norm: bool = True
+    """toggle normalization of value targets by running statistics"""
+    huber_delta: float = 10.0
+    """delta of the Huber value loss; 0 uses the squared error"""
+    ent_coef: float = 0.01
+    """the entropy bonus coefficient (Table 1)"""
+    max_grad_norm: float = 10.0
+    """the maximum gradient norm of the actor and of the critic"""
+    target_kl: Optional[float] = None
+    """stop the epochs of a rollout early once the approximate KL exceeds this"""
+    hidden_dim: int = 64
+    """width of the two hidden layers of actor and critic"""
+    agent_id: bool = True
+    """toggle appending the one-hot agent id to each agent's observation (shared policy)"""
+
+    # ILVF
+    influence: Literal["learned", "global", "individual"] = "learned"
+    """credit: "learned" the ILVF local advantages; "global" every agent the summed advantage (MAPPO, reward sum); "individual" its own (IPPO-C)"""
+    inferring: bool = True
+    """toggle inferring A-Q influence from state influence (Eq. 7); --no-inferring: attention over actions (App. B.3, Eq. 20)"""
+    tau: float = 1.0
+    """temperature of the Gumbel attention w^g = sigmoid((h + g) / tau); 1 is the paper's form (> 0)"""
+    discretize: Literal["bernoulli", "threshold"] = "bernoulli"
+    """how W_hat is drawn from W^g: "bernoulli" samples (the paper's default) or "threshold" (W^g >= --threshold)"""
+    threshold: float = 0.5
+    """c of --discretize threshold, in (0, 1) (App. D)"""
+    w_init: Literal["random", "identity", "ones"] = "random"
+    """initial attention W (App. D): "random" orthogonal init of f^h, "identity" or "ones" through the output bias"""
+    w_init_logit: float = 4.0
+    """|h_ij| the output bias sets for --w-init identity/ones (sigmoid(4) = 0.98)"""
+    heatmaps: bool = True
+    """with --save-model, PNG heatmaps of W_hat at 1/5, 1/2 and the end of an evaluation episode (Fig. 4; needs matplotlib)"""
+
+    # to be filled in at runtime
+    batch_size: int = 0
+    """env-steps per rollout (num_envs * num_steps)"""
+    minibatch_size: int = 0
+    """env-steps per minibatch"""
+    num_iterations: int = 0
+    """number of rollouts"""
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """GAE over time. rewards, values, dones [T, E] (dones[t]: the episode was over before step t);
+    next_value, next_done [E] after the last step. Returns advantages [T, E]."""
+    T = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = torch.zeros_like(next_value)
+    for t in reversed(range(T)):  # a recursion over time; batched over envs
+        nextnonterminal = 1.0 - (next_done if t == T - 1 else dones[t + 1])
+        nextvalues = next_value if t == T - 1 else values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        lastgaelam = delta + gamma * lam * nextnonterminal * lastgaelam
+        advantages[t] = lastgaelam
+    return advantages
+
+
+def masked_mean(x, mask):
+    """Mean of x over the entries where mask is true (dead agents' steps are left out)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
+    """Clipped value loss (MAPPO): max of the losses of the new and of the clipped value."""
+    def err(x):
+        if huber_delta > 0:
+            return nn.functional.huber_loss(x, target, reduction="none", delta=huber_delta)
+        return 0.5 * (x - target) ** 2
+
+    if not clip:
+        return err(new_v).mean()
+    clipped = old_v + (new_v - old_v).clamp(-clip_coef, clip_coef)
+    return torch.max(err(new_v), err(clipped)).mean()
+
+
+# Eq. (9): L(phi_i) = sum_t (G_i^t - V_i(s^t))^2 + (G_i^t - Q_i(s^t, a^t))^2, for every agent i.
+def influence_critic_loss(v, q, old_v, target, clip_coef, clip, huber_delta):
+    """v, q, old_v, target [M, n] (in normalized return units) -> the sum over agents of each
+    agent's mean V and Q losses (so agent i's critic gets the gradient of its own loss). V's loss
+    is MAPPO's (Huber, clipped around the rollout's values, Table 1); Q's is not clipped."""
+    n = v.shape[-1]
+    return n * (value_loss(v, old_v, target, clip_coef, clip, huber_delta)
+                + value_loss(q, old_v, target, clip_coef, False, huber_delta))
+
+
+# Eq. (8): w_ij = sigmoid(h_ij), w^g_ij = sigmoid((h_ij + g_ij) / tau), g_ij ~ Gumbel(0, 1).
+def gumbel_attention(h, tau, g=None):
+    """Attention logits h [..., n, n] (row i: agent i's critic over the agents j) -> (w, w^g),
+    both in [0, 1] and of h's shape. g: the Gumbel noise (drawn here when None)."""
+    if g is None:
+        u = torch.rand_like(h).clamp(1e-10, 1.0 - 1e-7)
+        g = -torch.log(-torch.log(u))
+    return torch.sigmoid(h), torch.sigmoid((h + g) / tau)
+
+
+def discretize_influence(w_g, mode, threshold):
+    """W^g [..., n, n] -> W_hat in {0, 1} [..., n, n] (App. D): "bernoulli" samples each entry,
+    "threshold" keeps the entries >= threshold. The diagonal is always 1: N_i^+ contains i
+    (Def. 2), and under Assumption 1 an agent's state always influences its own value."""
+    W = torch.bernoulli(w_g) if mode == "bernoulli" else (w_g >= threshold).to(w_g.dtype)
+    eye = torch.eye(W.shape[-1], dtype=W.dtype, device=W.device)
+    return torch.maximum(W, eye)
+
+
+# Eq. (10) with Theorem 2: agent i's local advantage sums A_j over the agents j whose value
+# agent i's state influences, i.e. i in N_j^V, i.e. W_hat[j, i] = 1 (column i, not row i).
+def local_advantages(adv, W_hat):
+    """adv [..., n] (A_j, each agent's GAE on its own reward), W_hat [..., n, n] with
+    W_hat[..., j, i] = 1 when s_i influences V_j -> A-hat [..., n], A-hat_i = sum_j W_hat[j, i] A_j.
+    All ones gives every agent the global advantage sum_j A_j; the identity gives A_i."""
+    return torch.einsum("...ji,...j->...i", W_hat, adv)
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean and variance of value targets (parallel-variance update)."""
+
+    def __init__(self, eps: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(()))
+        self.register_buffer("var", torch.ones(()))
+        self.register_buffer("count", torch.tensor(eps))
+
+    def update(self, x):
+        batch_mean, batch_var, n = x.mean(), x.var(unbiased=False), x.numel()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var.copy_((self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total)
+        self.count.copy_(total)
+
+    def normalize(self, x):
+        return (x - self.mean) / torch.sqrt(self.var + 1e-8)
+
+    def denormalize(self, x):
+        return x * torch.sqrt(self.var + 1e-8) + self.mean
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def mlp(in_dim, hidden, out_dim, out_std):
+    return nn.Sequential(
+        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+        layer_init(nn.Linear(hidden, out_dim), std=out_std),
+    )
+
+
+class Actor(nn.Module):
+    """Shared policy: obs [..., n, obs_dim] -> masked logits [..., n, A]."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id):
+        super().__init__()
+        self.agent_id = agent_id
+        self.register_buffer("ids", torch.eye(n_agents))
+        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, n_actions, out_std=0.01)
+
+    def forward(self, obs, avail):
+        if self.agent_id:
+            obs = torch.cat([obs, self.ids.expand(*obs.shape[:-1], -1)], -1)
+        return self.net(obs).masked_fill(~avail, -1e10)
+
+    def dist(self, obs, avail):
+        return Categorical(logits=self(obs, avail))
+
+
+class AgentMLP(nn.Module):
+    """n independent MLPs of mlp()'s shape, one per agent, evaluated together as batched matmuls:
+    x [..., n, in_dim] -> [..., n, out_dim] (agent k's slice goes through agent k's weights)."""
+
+    def __init__(self, n_agents, in_dim, hidden, out_dim, out_std):
+        super().__init__()
+        dims, stds = [in_dim, hidden, hidden, out_dim], [np.sqrt(2), np.sqrt(2), out_std]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for d_in, d_out, std in zip(dims[:-1], dims[1:], stds):
+            w = torch.stack([torch.nn.init.orthogonal_(torch.empty(d_out, d_in), std).T
+                             for _ in range(n_agents)])  # initialization only: each agent's layer orthogonal
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(n_agents, d_out)))
+
+    def forward(self, x):
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.einsum("...ni,nio->...no", x, w) + b
+            if k < len(self.weights) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+class InfluenceCritic(nn.Module):
+    """Agent i's critic phi_i = [phi^h_i, phi^V_i, phi^Q_i] for every i, batched over agents.
+    Attention logits h_i = f^h_i(s) [n]; with inferring (Eq. 7):
+        V_i = f^V_i(w_i1 s_1, ..., w_in s_n)      (weighted agent states, concatenated)
+        Q_i = f^Q_i(sum_j w^g_ij s_j, a)          (noisy weights, summed; a the joint one-hot action)
+    without inferring (App. B.3, Eq. 19-20):
+        V_i = f^V_i(s_1, ..., s_n),  Q_i = f^Q_i(s_1, ..., s_n, sum_j w^g_ij a_j)  (one-hot a_j).
+    s_j is the env's `agent_state`; h reads the global `state`. Values are in normalized units."""
+
+    def __init__(self, state_dim, agent_state_dim, n_agents, n_actions, hidden, inferring, w_init, w_init_logit):
+        super().__init__()
+        n, d, A = n_agents, agent_state_dim, n_actions
+        self.n, self.A, self.inferring = n, A, inferring
+        self.attention = AgentMLP(n, state_dim, hidden, n, out_std=1.0 if w_init == "random" else 0.01)
+        if w_init != "random":  # App. D: start W near the identity or near all ones
+            eye = torch.eye(n)
+            start = torch.ones(n, n) if w_init == "ones" else eye
+            with torch.no_grad():
+                self.attention.biases[-1].copy_(w_init_logit * (2.0 * start - 1.0))
+        self.v = AgentMLP(n, n * d, hidden, 1, out_std=1.0)
+        self.q = AgentMLP(n, (d + n * A) if inferring else (n * d + A), hidden, 1, out_std=1.0)
+
+    def logits(self, state):
+        """h [..., n, n]: row i = f^h_i(s)."""
+        return self.attention(state.unsqueeze(-2).expand(*state.shape[:-1], self.n, -1))
+
+    def _v(self, w, agent_state):
+        if self.inferring:
+            x = (w.unsqueeze(-1) * agent_state.unsqueeze(-3)).flatten(-2)  # [..., n, n*d]: w_ij s_j
+        else:
+            x = agent_state.flatten(-2).unsqueeze(-2).expand(*w.shape[:-1], -1)
+        return self.v(x).squeeze(-1)
+
+    def value(self, state, agent_state):
+        """V_i for every agent: state [..., S], agent_state [..., n, d] -> [..., n]."""
+        return self._v(torch.sigmoid(self.logits(state)), agent_state)
+
+    def forward(self, state, agent_state, actions, tau):
+        """(V [..., n], Q [..., n], w^g [..., n, n]) with fresh Gumbel noise, for the Eq. (9) loss."""
+        w, w_g = gumbel_attention(self.logits(state), tau)
+        onehot = nn.functional.one_hot(actions, self.A).to(agent_state.dtype)  # [..., n, A]
+        if self.inferring:
+            x = torch.cat([w_g @ agent_state, onehot.flatten(-2).unsqueeze(-2).expand(*w.shape[:-1], -1)], -1)
+        else:
+            x = torch.cat([agent_state.flatten(-2).unsqueeze(-2).expand(*w.shape[:-1], -1), w_g @ onehot], -1)
+        return self._v(w, agent_state), self.q(x).squeeze(-1), w_g
+
+
+def save_heatmaps(W_hats, steps, path):
+    """Fig. 4: W_hat [k, n, n] at the given episode steps, side by side, to a PNG file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.2 * len(steps), 3.2), squeeze=False)
+    for ax, W, t in zip(axes[0], W_hats, steps):
+        ax.imshow(W.cpu().numpy(), vmin=0, vmax=1, cmap="Blues")
+        ax.set_title(f"W_hat at step {t}")
+        ax.set_xlabel("j (state of agent j)")
+        ax.set_ylabel("i (value of agent i)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate(actor, influence_of, env_id, episodes, seed, device):
+    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs,
+    and W_hat [L, n, n] along the first env's first episode (L steps).
+    Same seed as training: for seeded games (matrix, diff) the seed picks the game itself."""
+    env = make_env(env_id, episodes, seed, device, action_type="discrete")
+    step = env.reset()
+    returns = torch.full((episodes,), float("nan"), device=device)
+    wins = torch.zeros(episodes, device=device)
+    W_hats = []
+    with torch.no_grad():
+        while returns.isnan().any():
+            if returns[0].isnan():
+                W_hats.append(influence_of(step.state[:1])[0])
+            step = env.step(actor(step.obs, step.avail_actions).argmax(-1))
+            first = step.episodes.done & returns.isnan()
+            returns = torch.where(first, step.episodes.ret, returns)
+            if step.episodes.win is not None:
+                wins = torch.where(first, step.episodes.win.float(), wins)
+    env.close()
+    return returns, wins if env.spec.has_win else None, torch.stack(W_hats)
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    args.batch_size = args.num_envs * args.num_steps
+    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        fail(f"--total-timesteps ({args.total_timesteps}) is less than one rollout ({args.batch_size} steps)")
+    if args.tau <= 0:
+        fail(f"--tau must be > 0, got {args.tau}")
+    if args.discretize == "threshold" and not 0 < args.threshold < 1:
+        fail(f"--threshold must be in (0, 1) with --discretize threshold, got {args.threshold}")
+    if args.discretize == "threshold" and args.influence != "learned":
+        fail(f"--discretize threshold applies to --influence learned only (W_hat is fixed with --influence {args.influence})")
+    if args.save_model and args.heatmaps:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            fail("the W_hat heatmaps (--heatmaps, on with --save-model) need matplotlib: "
+                 "pip install matplotlib==3.11.2, or pass --no-heatmaps")
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+
+    # seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    if args.cuda and device.type == "cpu":
+        print("warning: --cuda given but CUDA is not available; running on the CPU", file=sys.stderr)
+
+    # env setup
+    try:
+        envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="discrete")
+    except EnvError as e:
+        fail(str(e))
+    if args.capture_video:
+        fail(f"--capture-video: {args.env_id} cannot render videos yet")
+    spec = envs.spec
+    n, A = spec.n_agents, spec.n_actions
+
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            fail("--track needs Weights and Biases: pip install wandb")
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+    critic = InfluenceCritic(spec.state_dim, spec.agent_state_dim, n, A, args.hidden_dim, args.inferring,
+                             args.w_init, args.w_init_logit).to(device)
+    value_rms = RunningMeanStd().to(device)
+    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    def value_of(state, agent_state):
+        """V_i(s) of every agent [..., n] in return units (denormalized when value normalization is on)."""
+        v = critic.value(state, agent_state)
+        return value_rms.denormalize(v) if args.value_norm else v
+
+    def influence_of(state):
+        """W_hat [..., n, n] for states [..., S]: sampled from the critics' Gumbel attention
+        ("learned"), all ones ("global") or the identity ("individual")."""
+        if args.influence == "learned":
+            _, w_g = gumbel_attention(critic.logits(state), args.tau)
+            return discretize_influence(w_g, args.discretize, args.threshold)
+        fixed = torch.ones(n, n, device=device) if args.influence == "global" else torch.eye(n, device=device)
+        return fixed.expand(*state.shape[:-1], n, n)
+
+    # storage
+    T, E = args.num_steps, args.num_envs
+    obs = torch.zeros((T, E, n, spec.obs_dim), device=device)
+    state = torch.zeros((T, E, spec.state_dim), device=device)
+    agent_state = torch.zeros((T, E, n, spec.agent_state_dim), device=device)  # s_j, each agent's slice
+    avail = torch.zeros((T, E, n, A), dtype=torch.bool, device=device)
+    active = torch.zeros((T, E, n), dtype=torch.bool, device=device)  # alive agents
+    actions = torch.zeros((T, E, n), dtype=torch.long, device=device)
+    logprobs = torch.zeros((T, E, n), device=device)
+    rewards = torch.zeros((T, E, n), device=device)  # r_i, individual rewards
+    dones = torch.zeros((T, E), device=device)
+    values = torch.zeros((T, E, n), device=device)  # V_i
+
+    def save_checkpoint():
+        path = f"runs/{run_name}/{args.exp_name}.cleanmarl_model"
+        torch.save({"actor": actor.state_dict(), "critic": critic.state_dict(),
+                    "value_rms": value_rms.state_dict(), "args": vars(args)}, path)
+        print(f"model saved to {path}")
+
+    global_step = 0
+    start_time = time.time()
+    last_print = 0.0
+    mean_return = float("nan")  # of the episodes that ended in the latest rollout that had any
+    step = envs.reset()
+    next_done = torch.zeros(E, device=device)
+    finished = True
+    try:
+        for iteration in range(1, args.num_iterations + 1):
+            if args.anneal_lr:
+                frac = 1.0 - (iteration - 1.0) / args.num_iterations
+                actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+                critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+
+            # ---- rollout ------------------------------------------------------------------
+            ep_return_sum = torch.zeros((), device=device)
+            ep_length_sum = torch.zeros((), device=device)
+            ep_win_sum = torch.zeros((), device=device)
+            ep_count = torch.zeros((), device=device)
+            for t in range(T):
+                global_step += E
+                obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
+                agent_state[t] = step.agent_state
+                active[t] = step.active
+                with torch.no_grad():
+                    dist = actor.dist(step.obs, step.avail_actions)
+                    action = dist.sample()  # [E, n]
+                    logprobs[t] = dist.log_prob(action)
+                    values[t] = value_of(step.state, step.agent_state)
+                actions[t] = action
+                step = envs.step(action)
+                rewards[t] = step.agent_reward
+                if step.truncated.any():  # bootstrap a truncated episode from its final state
+                    with torch.no_grad():
+                        final_v = value_of(step.final_state, step.final_agent_state)
+                        rewards[t] += args.gamma * final_v * step.truncated.unsqueeze(-1)
+                next_done = (step.terminated | step.truncated).float()
+                ep = step.episodes
+                ep_count += ep.done.sum()
+                ep_return_sum += (ep.ret * ep.done).sum()
+                ep_length_sum += (ep.length * ep.done).sum()
+                if ep.win is not None:
+                    ep_win_sum += ep.win.sum()
+
+            # ---- GAE ----------------------------------------------------------------------
+            with torch.no_grad():  # per agent: delta_i = r_i + gamma V_i(s') - V_i(s) (Sec. 4.3.2)
+                next_value = value_of(step.state, step.agent_state)  # [E, n]
+                advantages = compute_gae(rewards, values, dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1),
+                                         args.gamma, args.gae_lambda)  # [T, E, n]
+                # Eq. (9)'s G_i: agent i's discounted return of r_i, bootstrapped from V_i where the
+                # rollout cuts an episode (GAE with lambda = 1)
+                returns = compute_gae(rewards, values, dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1),
+                                      args.gamma, 1.0) + values
+                if args.value_norm:
+                    value_rms.update(returns)
+                    old_v = value_rms.normalize(values)
+                    targets = value_rms.normalize(returns)
+                else:
+                    old_v, targets = values, returns
+
+            # ---- PPO update ---------------------------------------------------------------
+            b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
+            b_agent_state = agent_state.flatten(0, 1)  # [B, n, d]
+            b_active = active.flatten(0, 1)  # [B, n]
+            b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
+            b_advantages = advantages.flatten(0, 1)  # [B, n]: A_j, each agent's on its own reward
+            b_old_v, b_targets = old_v.flatten(0, 1), targets.flatten(0, 1)  # [B, n]
+
+            # ---- credit assignment: influence matrix and local advantages (Eq. 10) ------------
+            with torch.no_grad():
+                b_W_hat = influence_of(b_state)  # [B, n, n], W_hat[b, j, i] = 1: s_i influences V_j
+                b_local_adv = local_advantages(b_advantages, b_W_hat)  # [B, n]
+                attention_mean = torch.sigmoid(critic.logits(b_state)).mean()
+            clipfracs = []
+            for epoch in range(args.update_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = b_inds[start : start + args.minibatch_size]
+                    dist = actor.dist(b_obs[mb], b_avail[mb])
+                    newlogprob = dist.log_prob(b_actions[mb])  # [M, n]
+                    mb_active = b_active[mb]
+                    entropy = masked_mean(dist.entropy(), mb_active)
+                    logratio = newlogprob - b_logprobs[mb]
+                    ratio = logratio.exp()
+                    with torch.no_grad():
+                        approx_kl = masked_mean((ratio - 1) - logratio, mb_active)
+                        clipfracs.append(masked_mean(((ratio - 1.0).abs() > args.clip_coef).float(), mb_active))
+
+                    mb_adv = b_local_adv[mb]  # [M, n]: each agent's local advantage
+                    if args.norm_adv:
+                        mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                    pg_loss1 = -mb_adv * ratio
+                    pg_loss2 = -mb_adv * ratio.clamp(1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = masked_mean(torch.max(pg_loss1, pg_loss2), mb_active)
+                    actor_loss = pg_loss - args.ent_coef * entropy
+                    actor_optimizer.zero_grad()
+                    actor_loss.backward()
+                    nn.utils.clip_grad_norm_(actor.parameters(), args.max_grad_norm)
+                    actor_optimizer.step()
+
+                    new_v, new_q, _ = critic(b_state[mb], b_agent_state[mb], b_actions[mb], args.tau)
+                    with torch.no_grad():  # the V and Q parts of Eq. (9), for logging
+                        v_loss = value_loss(new_v, b_old_v[mb], b_targets[mb], args.clip_coef, args.clip_vloss,
+                                            args.huber_delta)
+                        q_loss = value_loss(new_q, b_old_v[mb], b_targets[mb], args.clip_coef, False, args.huber_delta)
+                    critic_loss = influence_critic_loss(new_v, new_q, b_old_v[mb], b_targets[mb], args.clip_coef,
+                                                        args.clip_vloss, args.huber_delta)
+                    critic_optimizer.zero_grad()
+                    critic_loss.backward()
+                    nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
+                    critic_optimizer.step()
+
+                if args.target_kl is not None and approx_kl > args.target_kl:
+                    break
+
+            # ---- logging ------------------------------------------------------------------
+            y_pred, y_true = values.flatten(), returns.flatten()
+            var_y = y_true.var()
+            explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
+            sps = int(global_step / (time.time() - start_time))
+            writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+            writer.add_scalar("losses/entropy", entropy.item(), global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+            writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("losses/q_loss", q_loss.item(), global_step)
+            writer.add_scalar("influence/density", b_W_hat.mean().item(), global_step)
+            writer.add_scalar("influence/attention_mean", attention_mean.item(), global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            count = int(ep_count)
+            if count:
+                mean_return = ep_return_sum.item() / count
+                writer.add_scalar("charts/episodic_return", mean_return, global_step)
+                writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
+                if spec.has_win:
+                    writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
+            now = time.time()
+            if now - last_print > 2.0 or iteration == args.num_iterations:
+                last_print = now
+                print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
+                      f"episodic_return={mean_return:.3f} SPS={sps}", flush=True)
+    except KeyboardInterrupt:
+        finished = False
+        print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)
+    finally:
+        if args.save_model:
+            save_checkpoint()
+        envs.close()
+        writer.flush()
+
+    if args.save_model and finished:
+        eval_returns, eval_wins, eval_W_hats = evaluate(actor, influence_of, args.env_id, args.eval_episodes,
+                                                        args.seed, device)
+        for i, r in enumerate(eval_returns.tolist()):
+            writer.add_scalar("eval/episodic_return", r, i)
+        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
+                   "optimal_return": spec.optimal_return}
+        if eval_wins is not None:
+            summary["eval_win_rate"] = eval_wins.mean().item()
+            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], global_step)
+        L = len(eval_W_hats)  # Fig. 4: W_hat at 1/5, 1/2 and the end of the first evaluation episode
+        heat_steps = [L // 5, L // 2, L - 1]
+        summary["influence_density"] = eval_W_hats.mean().item()
+        summary["influence_steps"] = heat_steps
+        summary["influence"] = eval_W_hats[heat_steps].tolist()
+        with open(f"runs/{run_name}/eval.json", "w") as f:
+            json.dump(summary, f)
+        print("greedy evaluation: " + json.dumps({k: v for k, v in summary.items() if k != "influence"}))
+        if args.heatmaps:
+            save_heatmaps(eval_W_hats[heat_steps], heat_steps, f"runs/{run_name}/influence.png")
+            print(f"W_hat heatmaps saved to runs/{run_name}/influence.png")
+    writer.close()
+    if args.track:
+        wandb.finish()
+    if not finished:
+        sys.exit(130)
