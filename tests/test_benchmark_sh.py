@@ -92,3 +92,13 @@ def test_slurm_array_task_runs_one_command(tmp_path):
     env["SLURM_ARRAY_TASK_ID"] = "2"
     proc = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no command on line 2" in proc.stderr
+
+
+def test_local_workers_run_a_group(tmp_path):
+    """Two local workers run two tiny commands; the plots script reads what they wrote."""
+    out = bench("matrix", "--seeds", "1,2", "--jobs", "2", "--steps-scale", "0.002",
+                "--only", "cleanmarl/mappo.py --env-id matrix:team ", "--results", str(tmp_path)).stdout
+    assert "2 commands on 2 local worker(s)" in out and "failed" not in out
+    status = (tmp_path / "matrix" / "logs" / "status.txt").read_text()
+    assert status.count("exit 0") == 2
+    assert len(glob.glob(str(tmp_path / "matrix" / "runs" / "matrix:team__mappo__*" / "eval.json"))) == 2
