@@ -164,15 +164,15 @@ def test_masks_and_padding_on_signals_with_different_phases():
 
 @needs_sumo
 def test_same_seed_same_trajectory_across_resets():
-    """Three envs at once (their workers load concurrently): seeds 0, 0 and 1, the same actions,
-    14 steps across two automatic resets of a 6-step episode."""
-    envs = [make_env("atsc:large-grid,seconds=30", num_envs=1, seed=s) for s in (0, 0, 1)]
+    """Three envs: seeds 0, 0 and 1, the same actions, 9 steps across two automatic resets of a
+    4-step episode."""
+    envs = [make_env("atsc:large-grid,seconds=20", num_envs=1, seed=s) for s in (0, 0, 1)]
     try:
         assert envs[0].spec.n_agents == 25
         steps = [env.reset() for env in envs]
         gen = torch.Generator().manual_seed(0)
         traces = [[], [], []]
-        for _ in range(14):
+        for _ in range(9):
             actions = random_actions(steps[0].avail_actions, gen)
             steps = [env.step(actions) for env in envs]
             for trace, step in zip(traces, steps):
@@ -224,10 +224,10 @@ def test_mappo_unknown_net_is_one_line(tmp_path):
 # -- end to end ----------------------------------------------------------------------------------
 @needs_sumo
 def test_mappo_trains_on_grid4x4(tmp_path):
-    """300 env-steps of MAPPO: 2 envs x 50-step rollouts over 20-step (100 s) episodes."""
+    """200 env-steps of MAPPO: 2 envs x 50-step rollouts over 20-step (100 s) episodes."""
     proc = subprocess.run(
         [sys.executable, str(ROOT / "cleanmarl" / "mappo.py"), "--env-id", "atsc:grid4x4,seconds=100",
-         "--num-envs", "2", "--num-steps", "50", "--total-timesteps", "300", "--update-epochs", "2"],
+         "--num-envs", "2", "--num-steps", "50", "--total-timesteps", "200", "--update-epochs", "2"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -235,5 +235,5 @@ def test_mappo_trains_on_grid4x4(tmp_path):
     acc.Reload()
     returns = [e.value for e in acc.Scalars("charts/episodic_return")]
     lengths = [e.value for e in acc.Scalars("charts/episodic_length")]
-    assert len(returns) == 3 and all(np.isfinite(returns)) and lengths == [20.0] * 3
+    assert len(returns) == 2 and all(np.isfinite(returns)) and lengths == [20.0] * 2
     assert all(e.value > 0 for e in acc.Scalars("charts/SPS"))
