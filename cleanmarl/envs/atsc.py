@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -215,6 +216,7 @@ class Simulation:
 
 def serve(fd: int) -> None:
     """A worker process's loop: one libsumo simulation, driven by (command, argument) messages."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it closes us
     conn = Connection(fd)
     try:
         sim = Simulation(True, **conn.recv())
@@ -223,7 +225,10 @@ def serve(fd: int) -> None:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
     while True:
-        command, arg = conn.recv()
+        try:
+            command, arg = conn.recv()
+        except EOFError:  # the parent exited without closing us
+            command, arg = "close", None
         if command == "close":
             sim.close()
             return
