@@ -190,12 +190,13 @@ def value_loss(new_v, old_v, target, clip_coef, clip, huber_delta):
 
 # Eq. (9): L(phi_i) = sum_t (G_i^t - V_i(s^t))^2 + (G_i^t - Q_i(s^t, a^t))^2, for every agent i.
 def influence_critic_loss(v, q, old_v, target, clip_coef, clip, huber_delta):
-    """v, q, old_v, target [M, n] (in normalized return units) -> the sum over agents of each
-    agent's mean V and Q losses (so agent i's critic gets the gradient of its own loss). V's loss
-    is MAPPO's (Huber, clipped around the rollout's values, Table 1); Q's is not clipped."""
+    """v, q, old_v, target [M, n] (in normalized return units) -> (V part, Q part), each the sum
+    over agents of the agent's mean loss over the samples, so that agent i's critic gets the
+    gradient of its own loss. V's loss is MAPPO's (Huber, clipped around the rollout's values,
+    Table 1); Q's is not clipped."""
     n = v.shape[-1]
-    return n * (value_loss(v, old_v, target, clip_coef, clip, huber_delta)
-                + value_loss(q, old_v, target, clip_coef, False, huber_delta))
+    return (n * value_loss(v, old_v, target, clip_coef, clip, huber_delta),
+            n * value_loss(q, old_v, target, clip_coef, False, huber_delta))
 
 
 # Eq. (8): w_ij = sigmoid(h_ij), w^g_ij = sigmoid((h_ij + g_ij) / tau), g_ij ~ Gumbel(0, 1).
@@ -536,12 +537,11 @@ if __name__ == "__main__":
             # ---- GAE ----------------------------------------------------------------------
             with torch.no_grad():  # per agent: delta_i = r_i + gamma V_i(s') - V_i(s) (Sec. 4.3.2)
                 next_value = value_of(step.state, step.agent_state)  # [E, n]
-                advantages = compute_gae(rewards, values, dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1),
-                                         args.gamma, args.gae_lambda)  # [T, E, n]
+                tail = (dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1))  # episode ends (all agents) and V_i(s_T)
+                advantages = compute_gae(rewards, values, *tail, args.gamma, args.gae_lambda)  # [T, E, n]
                 # Eq. (9)'s G_i: agent i's discounted return of r_i, bootstrapped from V_i where the
                 # rollout cuts an episode (GAE with lambda = 1)
-                returns = compute_gae(rewards, values, dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1),
-                                      args.gamma, 1.0) + values
+                returns = compute_gae(rewards, values, *tail, args.gamma, 1.0) + values
                 if args.value_norm:
                     value_rms.update(returns)
                     old_v = value_rms.normalize(values)
@@ -590,14 +590,10 @@ if __name__ == "__main__":
                     actor_optimizer.step()
 
                     new_v, new_q, _ = critic(b_state[mb], b_agent_state[mb], b_actions[mb], args.tau)
-                    with torch.no_grad():  # the V and Q parts of Eq. (9), for logging
-                        v_loss = value_loss(new_v, b_old_v[mb], b_targets[mb], args.clip_coef, args.clip_vloss,
-                                            args.huber_delta)
-                        q_loss = value_loss(new_q, b_old_v[mb], b_targets[mb], args.clip_coef, False, args.huber_delta)
-                    critic_loss = influence_critic_loss(new_v, new_q, b_old_v[mb], b_targets[mb], args.clip_coef,
-                                                        args.clip_vloss, args.huber_delta)
+                    v_loss, q_loss = influence_critic_loss(new_v, new_q, b_old_v[mb], b_targets[mb], args.clip_coef,
+                                                           args.clip_vloss, args.huber_delta)
                     critic_optimizer.zero_grad()
-                    critic_loss.backward()
+                    (v_loss + q_loss).backward()  # Eq. (9)
                     nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                     critic_optimizer.step()
 

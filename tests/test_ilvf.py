@@ -12,6 +12,7 @@ import torch
 from cleanmarl.envs import EnvError, make_env
 from cleanmarl.ilvf_ppo import (InfluenceCritic, compute_gae, discretize_influence, gumbel_attention,
                                 influence_critic_loss, local_advantages)
+from tests import test_scripts
 from tests.test_scripts import ROOT, only_run_dir, run, scalars
 
 ILVF = ROOT / "cleanmarl" / "ilvf_ppo.py"
@@ -113,8 +114,9 @@ def test_critic_loss_is_eq_9():
     q = torch.tensor([[0.0, 2.5], [1.0, 1.0], [2.0, 0.0]])
     G = torch.tensor([[2.0, 2.0], [0.0, 0.0], [1.0, 1.0]])
     eq9 = sum(((G[:, i] - v[:, i]) ** 2 + (G[:, i] - q[:, i]) ** 2).sum() for i in range(2))  # sum_i L(phi_i)
-    loss = influence_critic_loss(v, q, v, G, 0.2, False, 0.0)  # no Huber, no clipping
-    assert loss.item() == pytest.approx(0.5 * eq9.item() / 3)  # 1/2 and the mean over the T samples
+    v_loss, q_loss = influence_critic_loss(v, q, v, G, 0.2, False, 0.0)  # no Huber, no clipping
+    assert (v_loss + q_loss).item() == pytest.approx(0.5 * eq9.item() / 3)  # 1/2 and the mean over the T samples
+    assert v_loss.item() == pytest.approx(0.5 * ((G - v) ** 2).sum().item() / 3)
 
 
 def test_per_agent_gae_and_returns_by_hand():
@@ -175,14 +177,9 @@ def test_coupled_ring_rewards_and_optimum():
     ("vmas:give_way,max_steps=20", []),  # truncated episodes: V_i bootstraps from final_agent_state
 ])
 def test_ilvf_runs_and_logs(env_id, flags, tmp_path):
-    r = run(ILVF, "--env-id", env_id, "--total-timesteps", "320", "--num-envs", "4", "--num-steps", "40",
-            "--update-epochs", "2", "--num-minibatches", "2", "--save-model", "--eval-episodes", "2", *flags,
-            cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    test_scripts.test_script_runs_and_logs(ILVF, env_id, tmp_path, extra=flags)  # the checks every script passes
     run_dir = only_run_dir(tmp_path)
-    assert run_dir.name.startswith(f"{env_id}__ilvf_ppo__1__")
-    for tag in ["charts/episodic_return", "charts/SPS", "losses/value_loss", "losses/q_loss", "losses/policy_loss",
-                "losses/entropy", "influence/density", "influence/attention_mean"]:
+    for tag in ["losses/q_loss", "influence/density", "influence/attention_mean"]:
         assert len(scalars(run_dir, tag)) >= 1, tag
     density = [v for _, v in scalars(run_dir, "influence/density")]
     n = 4 if env_id.startswith("coupled") else 2
@@ -192,12 +189,9 @@ def test_ilvf_runs_and_logs(env_id, flags, tmp_path):
         assert density == pytest.approx([1 / n] * len(density))
     else:
         assert all(1 / n <= x <= 1 for x in density)
-    summary = json.loads((run_dir / "eval.json").read_text())
-    assert np.isfinite(summary["eval_return_mean"])
-    W = np.array(summary["influence"])
+    W = np.array(json.loads((run_dir / "eval.json").read_text())["influence"])
     assert W.shape == (3, n, n) and set(np.unique(W)) <= {0.0, 1.0}
     assert (run_dir / "influence.png").stat().st_size > 1000
-    assert "SPS=" in r.stdout
 
 
 @pytest.mark.parametrize("flags,message", [
