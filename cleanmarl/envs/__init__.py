@@ -43,6 +43,18 @@ def _smac(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return StarCraftEnv(env_id, env_id.partition(":")[0], scenario, num_envs, seed, device, kwargs)
 
 
+def _smax(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .smax import Smax
+
+    return Smax(env_id, scenario, num_envs, seed, device, kwargs)
+
+
+def _grf(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+    from .grf import Football
+
+    return Football(env_id, scenario, num_envs, seed, device, kwargs)
+
+
 def _cacc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     from .cacc import CACC
 
@@ -81,6 +93,8 @@ FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "smac": (_smac, ("discrete",), "smac:8m, smac:3s5z (needs StarCraft II)", False),
     "smacv2": (_smac, ("discrete",), "smacv2:protoss_5_vs_5, smacv2:zerg_10_vs_11 (needs StarCraft II)", False),
     "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
+    "smax": (_smax, ("discrete",), "smax:3m, smax:8m, smax:2s3z, smax:3s_vs_5z,max_steps=50", True),
+    "grf": (_grf, ("discrete",), "grf:academy_3_vs_1_with_keeper, grf:academy_counterattack_easy (needs requirements-grf.txt)", True),
     "coupled": (_coupled, ("discrete",), "coupled:ring, coupled:ring-6", False),
     "mpe": (_mpe, ("discrete",), "mpe:encircle-8, mpe:encircle-20,max_steps=25", True),
     "cacc": (_cacc, ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
