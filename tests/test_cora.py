@@ -250,3 +250,17 @@ def test_osqp_reference_path_matches_the_batched_solver():
 
 def test_cora_runs_with_the_osqp_reference(tmp_path):
     test_script_runs_and_logs(CORA, "matrix:climbing", tmp_path, extra=["--qp-solver", "osqp"])
+
+
+def test_stag_hunt_rewards():
+    """matrix:stag-NxA pays by the number k of agents on action 0: 5 (k=0), -10 (k=1), 5 (1<k<n), 10 (k=n)."""
+    from cleanmarl.envs import make_env
+
+    for n, A in ((3, 3), (4, 2)):
+        joint = torch.tensor(list(itertools.product(range(A), repeat=n)))
+        env = make_env(f"matrix:stag-{n}x{A}", len(joint))
+        env.reset()
+        k = (joint == 0).sum(1)
+        expected = torch.where(k == 0, 5.0, torch.where(k == 1, -10.0, torch.where(k == n, 10.0, 5.0)))
+        torch.testing.assert_close(env.step(joint).reward, expected)
+        assert env.spec.optimal_return == 10.0 and env.spec.n_agents == n and env.spec.n_actions == A

@@ -9,6 +9,11 @@ Scenarios (`matrix:<name>`):
   climbing          Claus & Boutilier's climbing game (2 agents x 3 actions, one step, optimum 11).
   penalty[,k=K]     The penalty game, miscoordination penalty k <= 0 (default -100; 2 x 3, one
                     step, optimum 10). With k = 0 plain policy gradient finds the optimum.
+  stag[-NxA]        An n-agent stag hunt (default 3 x 3, one step, optimum 10; n >= 3): the payoff
+                    depends only on k, the number of agents on action 0 (the stag): 5 if nobody
+                    hunts it, -10 for a lone hunter, 5 for a partial hunt (1 < k < n), 10 when all
+                    hunt it. A single agent's switch to the stag is punished unless others join, but
+                    two hunters already break even: pair coalitions see what singletons do not.
 The climbing and penalty games are the textbook cases of relative overgeneralization: the
 optimal joint action is surrounded by heavy miscoordination penalties, so agents that average
 over their partner's exploration prefer the safe, suboptimal actions.
@@ -33,7 +38,22 @@ def penalty_game(k: float) -> list[list[float]]:
 
 TEAM_STEPS = 10
 PEAK_VALUE, LOCAL_PEAK_RANGE = 20.0, (8.0, 16.0)
-SCENARIOS = "team[-NxA], peaks<K>[-NxA] (the paper: K = 5, 10, 15), climbing, penalty[,k=K]"
+SCENARIOS = "team[-NxA], peaks<K>[-NxA] (the paper: K = 5, 10, 15), climbing, penalty[,k=K], stag[-NxA]"
+STAG = (5.0, -10.0, 5.0, 10.0)  # all hare, a lone stag hunter, a partial hunt, everyone on the stag
+_STAG = re.compile(r"^stag(?:-(\d+)x(\d+))?$")
+
+
+def stag_hunt(n: int, A: int) -> torch.Tensor:
+    """Payoff table [A]*n of the n-agent stag hunt: the reward depends on k, the number of agents
+    on action 0 (the stag): 5 for k = 0, -10 for k = 1, 5 for 1 < k < n and 10 for k = n."""
+    grids = torch.meshgrid(*[torch.arange(A)] * n, indexing="ij")
+    k = sum((g == 0).long() for g in grids)
+    all_hare, lone, partial, everyone = STAG
+    table = torch.full(k.shape, partial)
+    table[k == 0], table[k == 1], table[k == n] = all_hare, lone, everyone
+    return table
+
+
 _PATTERN = re.compile(r"^(team|peaks(\d+))(?:-(\d+)x(\d+))?$")
 
 
@@ -51,6 +71,12 @@ def make_payoffs(scenario: str, seed: int, options: dict[str, str]) -> torch.Ten
         if not k <= 0:
             raise EnvError(f"matrix:penalty: k must be a number <= 0, got '{options['k']}'")
         return torch.tensor([penalty_game(k)])
+    stag = _STAG.match(scenario)
+    if stag is not None:
+        n, A = int(stag.group(1) or 3), int(stag.group(2) or 3)
+        if n < 3 or A < 2 or A**n > 10**7:
+            raise EnvError(f"matrix:{scenario}: need n >= 3, A >= 2 and A^n <= 1e7 joint actions")
+        return stag_hunt(n, A)[None]
     match = _PATTERN.match(scenario)
     if match is None:
         raise EnvError(f"unknown matrix scenario '{scenario}'; valid: {SCENARIOS}")
