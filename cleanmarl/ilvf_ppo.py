@@ -359,12 +359,15 @@ def save_heatmaps(W_hats, steps, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(steps), figsize=(3.2 * len(steps), 3.2), squeeze=False)
+    n = W_hats.shape[-1]
+    fig, axes = plt.subplots(1, len(steps), figsize=(3.6 * len(steps), 3.6), squeeze=False)
     for ax, W, t in zip(axes[0], W_hats, steps):
         ax.imshow(W.cpu().numpy(), vmin=0, vmax=1, cmap="Blues")
         ax.set_title(f"W_hat at step {t}")
-        ax.set_xlabel("j (state of agent j)")
-        ax.set_ylabel("i (value of agent i)")
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xlabel("j: state of agent j")
+    axes[0, 0].set_ylabel("i: value of agent i")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
