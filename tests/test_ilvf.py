@@ -242,3 +242,18 @@ def test_learned_influence_reaches_the_optimum_where_individual_advantages_fail(
         assert summary["optimal_return"] == 216.0
         results[influence] = summary["eval_return_mean"]
     assert results == {"learned": 216.0, "individual": 0.0}
+
+    # the learned attention found the coupling graph: agent i's critic attends to its predecessor
+    # i - 1 (whose state pays agent i) more than to the agents that do not affect it
+    checkpoint = torch.load(next((tmp_path / "learned" / "runs").glob("*/*.cleanmarl_model")), weights_only=False)
+    critic = InfluenceCritic(32, 8, 4, 3, hidden=64, inferring=True, w_init="random", w_init_logit=4.0)
+    critic.load_state_dict(checkpoint["critic"])
+    torch.manual_seed(0)
+    env, states = make_env("coupled:ring", 256, 0), []
+    for _ in range(9):  # states of random play
+        states.append(env.step(torch.randint(0, 3, (256, 4))).state)
+    with torch.no_grad():
+        w = torch.sigmoid(critic.logits(torch.cat(states))).mean(0)  # [n, n]
+    for i in range(4):
+        unrelated = [j for j in range(4) if j not in (i, (i - 1) % 4)]
+        assert w[i, (i - 1) % 4] > w[i, unrelated].mean() + 0.1, w
