@@ -336,53 +336,60 @@ EOF
   echo "$count"
 }
 
-[ $# -ge 1 ] || usage
-case "$1" in
-  --list) list_groups; exit 0 ;;
-  -h|--help) usage 0 ;;
-  speed) [ $# -eq 1 ] || die "the speed group takes no options (STEPS=N bash benchmark.sh speed)"
-         group_speed; exit 0 ;;
-esac
-GROUP=$1
-shift
-[ -n "$(group_field "$GROUP" 1)" ] || die "unknown group '$GROUP'; valid: speed $(echo "$GROUP_TABLE" | cut -d'|' -f1 | tr '\n' ' ')(--list describes them)"
-DRY=0 JOBS=1 MODE=local RESULTS=results ONLY=""
-SEEDS=$(group_field "$GROUP" 3)
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dry-run) DRY=1 ;;
-    --slurm) MODE=slurm ;;
-    --seeds) SEEDS=${2:?--seeds needs a list such as 1,2,3}; shift ;;
-    --jobs) JOBS=${2:?--jobs needs a number}; shift ;;
-    --steps-scale) SCALE=${2:?--steps-scale needs a number}; shift ;;
-    --results) RESULTS=${2:?--results needs a directory}; shift ;;
-    --only) ONLY=${2:?--only needs a pattern}; shift ;;
-    *) die "unknown option '$1'; valid: --dry-run --seeds LIST --jobs N --steps-scale X --only REGEX --results DIR --slurm" ;;
-  esac
-  shift
-done
-[[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds takes comma-separated integers such as 1,2,3, got '$SEEDS'"
-[[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs takes a positive integer, got '$JOBS'"
-[[ $SCALE =~ ^[0-9]*\.?[0-9]+([eE]-?[0-9]+)?$ ]] && python -c "assert $SCALE > 0" 2>/dev/null \
-  || die "--steps-scale takes a positive number, got '$SCALE'"
-
 commands() {  # the group's commands, filtered by --only
   "group_$GROUP" | { grep -E -- "$ONLY" || true; }
 }
-if [ "$DRY" = 1 ]; then
-  commands
-  exit 0
-fi
-mkdir -p "$RESULTS"
-DIR=$(cd "$RESULTS" && pwd)/$GROUP
-COUNT=$(write_array "$DIR")
-if [ "$MODE" = slurm ]; then
-  echo "wrote $DIR/array_task.sh ($COUNT array tasks; commands in $DIR/commands.txt)"
-  echo "submit:  sbatch $DIR/array_task.sh          (--array=1-$COUNT%M caps running tasks at M)"
-  echo "then:    python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
-  exit 0
-fi
-echo "$COUNT commands on $JOBS local worker(s); logs in $DIR/logs, runs in $DIR/runs"
-seq 1 "$COUNT" | xargs -P "$JOBS" -I{} env SLURM_ARRAY_TASK_ID={} bash "$DIR/array_task.sh" \
-  || echo "some commands failed: see $DIR/logs/status.txt"
-echo "done: python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+
+# Parsed whole before it runs (the call is on the file's last line), so editing this file while a
+# group runs from it cannot change the running copy.
+main() {
+  [ $# -ge 1 ] || usage
+  case "$1" in
+    --list) list_groups; exit 0 ;;
+    -h|--help) usage 0 ;;
+    speed) [ $# -eq 1 ] || die "the speed group takes no options (STEPS=N bash benchmark.sh speed)"
+           group_speed; exit 0 ;;
+  esac
+  GROUP=$1
+  shift
+  [ -n "$(group_field "$GROUP" 1)" ] || die "unknown group '$GROUP'; valid: speed $(echo "$GROUP_TABLE" | cut -d'|' -f1 | tr '\n' ' ')(--list describes them)"
+  DRY=0 JOBS=1 MODE=local RESULTS=results ONLY=""
+  SEEDS=$(group_field "$GROUP" 3)
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dry-run) DRY=1 ;;
+      --slurm) MODE=slurm ;;
+      --seeds) SEEDS=${2:?--seeds needs a list such as 1,2,3}; shift ;;
+      --jobs) JOBS=${2:?--jobs needs a number}; shift ;;
+      --steps-scale) SCALE=${2:?--steps-scale needs a number}; shift ;;
+      --results) RESULTS=${2:?--results needs a directory}; shift ;;
+      --only) ONLY=${2:?--only needs a pattern}; shift ;;
+      *) die "unknown option '$1'; valid: --dry-run --seeds LIST --jobs N --steps-scale X --only REGEX --results DIR --slurm" ;;
+    esac
+    shift
+  done
+  [[ $SEEDS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--seeds takes comma-separated integers such as 1,2,3, got '$SEEDS'"
+  [[ $JOBS =~ ^[1-9][0-9]*$ ]] || die "--jobs takes a positive integer, got '$JOBS'"
+  [[ $SCALE =~ ^[0-9]*\.?[0-9]+([eE]-?[0-9]+)?$ ]] && python -c "assert $SCALE > 0" 2>/dev/null \
+    || die "--steps-scale takes a positive number, got '$SCALE'"
+
+  if [ "$DRY" = 1 ]; then
+    commands
+    exit 0
+  fi
+  mkdir -p "$RESULTS"
+  DIR=$(cd "$RESULTS" && pwd)/$GROUP
+  COUNT=$(write_array "$DIR")
+  if [ "$MODE" = slurm ]; then
+    echo "wrote $DIR/array_task.sh ($COUNT array tasks; commands in $DIR/commands.txt)"
+    echo "submit:  sbatch $DIR/array_task.sh          (--array=1-$COUNT%M caps running tasks at M)"
+    echo "then:    python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+    exit 0
+  fi
+  echo "$COUNT commands on $JOBS local worker(s); logs in $DIR/logs, runs in $DIR/runs"
+  seq 1 "$COUNT" | xargs -P "$JOBS" -I{} env SLURM_ARRAY_TASK_ID={} bash "$DIR/array_task.sh" \
+    || echo "some commands failed: see $DIR/logs/status.txt"
+  echo "done: python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+}
+
+main "$@"; exit
