@@ -17,7 +17,9 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
   final         per seed, the mean of the curve over the last `--final-frac` of the grid points;
   AUC           per seed, the trapezoidal area under the curve divided by the step range: the
                 curve's average over training, in return units (so runs of different lengths
-                stay comparable); final and AUC then get the same t-interval over seeds.
+                stay comparable); final and AUC then get the same t-interval over seeds;
+  eval          the greedy evaluation return (win rate) of eval.json, and where every run knows
+                its env's optimum, eval / optimum per seed (seeded games differ per seed).
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
 `results.md` (a table per env id and the figures) and `results.json` (the numbers).
@@ -160,6 +162,10 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
             optimal = [r.eval.get("optimal_return") for r in members if r.eval.get("optimal_return") is not None]
             if optimal:
                 entry["optimal_return_mean"] = float(np.mean(optimal))
+            if key == "eval_return_mean" and len(optimal) == len(members) and len(evals) == len(members):
+                # seeded games (matrix, diff) draw a different game, and optimum, per seed
+                m, l, h = mean_ci((np.array(evals) / np.array(optimal))[:, None])
+                entry["eval_ratio"] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0])}
             out[env_id][algo] = entry
     return out
 
@@ -177,7 +183,8 @@ def slug(env_id: str) -> str:
 def markdown(summary: dict, final_frac: float) -> str:
     lines = ["Mean over seeds with a 95% Student-t confidence interval in brackets. final: the mean of the "
              f"last {final_frac:.0%} of the training curve; AUC: the curve's average over training "
-             "(area / step range); eval: greedy evaluation after training (`eval.json`). Rows sorted by final.", ""]
+             "(area / step range); eval: greedy evaluation after training (`eval.json`), also per seed as a "
+             "share of that seed's optimum where the env knows it. Rows sorted by final.", ""]
     for env_id, algos in summary.items():
         metric = "win rate" if next(iter(algos.values()))["metric"] == WIN_TAG else "episodic return"
         optimal = [a["optimal_return_mean"] for a in algos.values() if "optimal_return_mean" in a]
@@ -185,11 +192,12 @@ def markdown(summary: dict, final_frac: float) -> str:
         lines.append("")
         lines.append(f"![{env_id}]({slug(env_id)}.png)")
         lines.append("")
-        lines.append("| algorithm | seeds | final | AUC | greedy eval |")
-        lines.append("|---|---|---|---|---|")
+        lines.append("| algorithm | seeds | final | AUC | greedy eval | greedy eval / optimum |")
+        lines.append("|---|---|---|---|---|---|")
         for algo, a in sorted(algos.items(), key=lambda kv: -kv[1]["final"]["mean"]):
             ev = fmt(a["eval"]) if "eval" in a else "–"
-            lines.append(f"| {algo} | {len(a['seeds'])} | {fmt(a['final'])} | {fmt(a['auc'])} | {ev} |")
+            ratio = fmt(a["eval_ratio"]) if "eval_ratio" in a else "–"
+            lines.append(f"| {algo} | {len(a['seeds'])} | {fmt(a['final'])} | {fmt(a['auc'])} | {ev} | {ratio} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -84,13 +84,17 @@ def test_summary_plots_and_table_from_event_files(tmp_path):
     assert a["auc"]["mean"] == pytest.approx(5.0)  # a line from 0 to 10 averages 5
     assert a["auc"]["hi"] - 5.0 == pytest.approx(half / 2)  # per-seed AUCs 4.5, 5, 5.5
     assert a["eval"]["mean"] == pytest.approx(10.0) and a["eval"]["n"] == 3
+    ratios = np.array([9.0, 10.0, 11.0]) / 12.0  # eval / optimum per seed
+    assert a["eval_ratio"]["mean"] == pytest.approx(ratios.mean())
+    assert a["eval_ratio"]["hi"] - ratios.mean() == pytest.approx(half / 12)
+    assert "eval_ratio" not in b  # no eval.json
     assert b["final"]["mean"] == pytest.approx(2.0) and b["auc"]["mean"] == pytest.approx(2.0)
     np.testing.assert_allclose(b["lo"], 2.0 - half)
     win = summary["smax:3m"]["algo_a"]
     assert win["metric"] == pr.WIN_TAG and win["final"]["mean"] == pytest.approx(1.0)
     assert math.isnan(win["final"]["lo"]) and win["eval"]["mean"] == pytest.approx(0.5)
     table = open(os.path.join(out, "results.md")).read()
-    assert "| algo_a | 3 | 10 [" in table and "| algo_b | 3 | 2 [" in table
+    assert "| algo_a | 3 | 10 [" in table and "| algo_b | 3 | 2 [" in table and "| 0.833 [" in table
     assert table.index("| algo_a |") < table.index("| algo_b |")  # sorted by final
     assert "optimum, mean over seeds: 12" in table
     for name in ("matrix_team.png", "smax_3m.png"):
