@@ -185,6 +185,16 @@ def markdown(summary: dict, final_frac: float) -> str:
              f"last {final_frac:.0%} of the training curve; AUC: the curve's average over training "
              "(area / step range); eval: greedy evaluation after training (`eval.json`), also per seed as a "
              "share of that seed's optimum where the env knows it. Rows sorted by final.", ""]
+    envs = list(summary)
+    algos_all = sorted({algo for env in summary.values() for algo in env})
+    lines.append("Final (training curve) by environment:")
+    lines.append("")
+    lines.append("| algorithm | " + " | ".join(f"`{e}`" for e in envs) + " |")
+    lines.append("|---|" + "---|" * len(envs))
+    for algo in algos_all:
+        cells = [fmt(summary[e][algo]["final"]) if algo in summary[e] else "–" for e in envs]
+        lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+    lines.append("")
     for env_id, algos in summary.items():
         metric = "win rate" if next(iter(algos.values()))["metric"] == WIN_TAG else "episodic return"
         optimal = [a["optimal_return_mean"] for a in algos.values() if "optimal_return_mean" in a]

@@ -97,6 +97,7 @@ def test_summary_plots_and_table_from_event_files(tmp_path):
     assert "| algo_a | 3 | 10 [" in table and "| algo_b | 3 | 2 [" in table and "| 0.833 [" in table
     assert table.index("| algo_a |") < table.index("| algo_b |")  # sorted by final
     assert "optimum, mean over seeds: 12" in table
+    assert "| algo_b | 2 [" in table and "| algo_a | 10 [" in table  # the overview: final by env
     for name in ("matrix_team.png", "smax_3m.png"):
         png = os.path.join(out, name)
         assert os.path.getsize(png) > 5000 and open(png, "rb").read(4) == b"\x89PNG"
