@@ -61,8 +61,9 @@ def _jaxmarl():
     return jax, jaxmarl, MAP_NAME_TO_SCENARIO
 
 
-def _to_torch(x, device) -> torch.Tensor:
-    return torch.from_dlpack(x).to(device)
+def _to_torch(arrays, device) -> tuple[torch.Tensor, ...]:
+    """JAX arrays -> torch tensors on `device` (zero-copy on the CPU)."""
+    return tuple(torch.from_dlpack(x).to(device) for x in arrays)
 
 
 @functools.lru_cache(maxsize=None)
@@ -136,7 +137,7 @@ class Smax(MultiAgentEnv):
         self._view = None  # (obs, state, avail, active) as torch tensors, set by every reset and step
 
     def _record(self, view) -> None:
-        self._view = tuple(_to_torch(x, self.device) for x in view)
+        self._view = _to_torch(view, self.device)
 
     def _reset_envs(self, mask):
         self._keys, self._states, view = self._reset_fn(self._keys, self._states, self._jnp.asarray(mask.cpu().numpy()))
@@ -153,5 +154,5 @@ class Smax(MultiAgentEnv):
         acts = self._jnp.asarray(actions.cpu().numpy().astype(np.int32))
         self._keys, self._states, reward, terminated, win, view = self._step_fn(self._keys, self._states, acts)
         self._record(view)
-        reward = _to_torch(reward, self.device)
-        return self._split_shared(reward), _to_torch(terminated, self.device), _to_torch(win, self.device)
+        reward, terminated, win = _to_torch((reward, terminated, win), self.device)
+        return self._split_shared(reward), terminated, win
