@@ -147,6 +147,9 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
         for algo, members in sorted(algos.items()):
             members.sort(key=lambda r: r.seed)
             grid = common_grid(members, points)
+            longest = max(run.steps[-1] for run in members)
+            if grid[-1] < 0.9 * longest:  # an unfinished or crashed seed cuts the common range
+                print(f"warning: {env_id} {algo}: the seeds share steps up to {grid[-1]:.0f} of {longest:.0f}")
             curves = interpolate(members, grid)
             mean, lo, hi = mean_ci(curves)
             entry = {"metric": members[0].metric, "seeds": [r.seed for r in members],
