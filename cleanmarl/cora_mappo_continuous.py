@@ -414,25 +414,43 @@ class QNet(nn.Module):
         return self.head(self.state_in(state) + self.action_in(actions.flatten(-2))).squeeze(-1)
 
 
-def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk=1 << 22):
+def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk_rows=8192):
     """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_{-C}) for every sample and
-    coalition in one batched pass (chunked over samples to bound memory).
+    coalition, batched over all of them.
     state [B, S], actions [B, n, D] (taken), mc_actions [B, K, n, D] (from the current policies),
-    coalitions [m, n] bool -> [B, m]."""
+    coalitions [m, n] bool -> [B, m].
+    The first layer is h1[b, k, c] = base[b] + sum_i (e_taken[b, i] if i in C else e_mc[b, k, i]).
+    Split the agents into two halves: each half's sum takes one of 2^(n/2) values per (b, k), so
+    h1 for every coalition is one lookup in each half's table and an add. The rest of the critic
+    runs on chunks of about `chunk_rows` (sample, draw, coalition) rows that stay in the CPU cache."""
     B, K, n = mc_actions.shape[:3]
-    m, M = coalitions.shape[0], coalitions.to(state.dtype)
-    out = []
-    step = max(1, chunk // (m * K * q.action_in.out_features))
-    for lo in range(0, B, step):  # memory chunks of the batch, not per-sample work
+    m, dt, dev = coalitions.shape[0], state.dtype, state.device
+    H = q.action_in.out_features
+    lo_n = n // 2
+    bits = coalitions.long()
+    code_lo = (bits[:, :lo_n] << torch.arange(lo_n, device=dev)).sum(1)  # [m]: the coalition's low half
+    code_hi = (bits[:, lo_n:] << torch.arange(n - lo_n, device=dev)).sum(1)
+
+    def subsets(k):  # every subset of k agents as 0/1 rows [2^k, k]
+        return ((torch.arange(2**k, device=dev)[:, None] >> torch.arange(k, device=dev)) & 1).to(dt)
+
+    S_lo, S_hi = subsets(lo_n), subsets(n - lo_n)
+    base = q.state_in(state) + q.action_in.bias  # [B, H]
+    lin2, lin3 = q.head[1], q.head[3]
+    out = torch.empty(B, m, dtype=dt, device=dev)
+    step = max(1, chunk_rows // (m * K))
+    for lo in range(0, B, step):  # cache-sized chunks of the batch, not per-sample work
         sl = slice(lo, lo + step)
         e_taken = q.agent_terms(actions[sl])  # [b, n, H]
         e_mc = q.agent_terms(mc_actions[sl])  # [b, K, n, H]
-        base = q.state_in(state[sl]) + q.action_in.bias  # [b, H]
-        # h1[b, c, k] = base + sum_i M[c, i] e_taken[b, i] + (1 - M[c, i]) e_mc[b, k, i]
-        h1 = (base[:, None, None] + torch.einsum("ci,bih->bch", M, e_taken)[:, :, None]
-              + e_mc.sum(2)[:, None] - torch.einsum("ci,bkih->bckh", M, e_mc))
-        out.append(q.head(h1).squeeze(-1).mean(-1))  # [b, m]
-    return torch.cat(out)
+        swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
+        t_lo = (base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
+                + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n]))  # [b, K, 2^lo_n, H]
+        t_hi = e_mc[:, :, lo_n:].sum(2, keepdim=True) + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])
+        h = (t_lo[:, :, code_lo] + t_hi[:, :, code_hi]).view(-1, H).tanh_()  # [b K m, H]
+        h = torch.addmm(lin2.bias, h, lin2.weight.T).tanh_()
+        out[sl] = (h @ lin3.weight[0]).view(-1, K, m).mean(1) + lin3.bias
+    return out
 
 
 class TwinQ(nn.Module):
