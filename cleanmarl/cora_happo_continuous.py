@@ -140,7 +140,7 @@ class Args:
     core_reg: float = 1e-2
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
     qp_solver: Literal["ipm", "osqp"] = "ipm"
-    """Eq. (24) solver: "ipm" batched interior point; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
+    """Eq. (24) solver: "ipm" batched interior point on working sets of rows; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
     violation_samples: int = 256
@@ -172,14 +172,17 @@ def sample_coalitions(n, m, generator=None, device=None):
 
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
-def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol=1e-13):
+def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, max_rounds=6):
     """Batched solve of Eq. (24) for B samples sharing one coalition set.
     coalitions [m, n] bool, coalition_adv [B, m], grand_adv [B] -> (alloc [B, n], eps [B]).
 
-    A primal-dual interior-point method (Mehrotra predictor-corrector) in float64 over the whole
-    batch: with x = A - A_N/n = Z y (Z an orthonormal basis of sum-zero vectors) the problem is
-    min eps + reg |y|^2 over z = (y, eps) subject to G z >= h, where G = [[M Z, 1], [0, 1]] is the
-    same for every sample, so each Newton step is a few GEMMs and one batched n x n Cholesky.
+    With x = A - A_N/n = Z y (Z an orthonormal basis of sum-zero vectors) the problem is
+    min eps + reg |y|^2 over z = (y, eps) subject to G z >= h, one row per coalition plus eps >= 0.
+    At the optimum at most about n of the m rows bind, so each sample is solved on a small working
+    set of rows (constraint generation): an interior-point method on the k = `work_rows` (default
+    3n) rows that are most demanding at the equal split, then a check of all m rows; a sample with
+    a violated row is solved again on its binding rows plus its most violated ones, until no row is
+    violated (after `max_rounds` rounds, on all m rows: the exact problem).
     The returned eps is the tightest one for the returned allocation."""
     dt, dev = torch.float64, coalition_adv.device
     B, m = coalition_adv.shape
@@ -190,41 +193,82 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol
         eps = (v - AN[:, None] * M[:, 0]).amax(1).clamp(min=0.0)
         return AN[:, None].to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
     Z = torch.linalg.qr(torch.eye(n, dtype=dt, device=dev) - 1.0 / n)[0][:, : n - 1]  # [n, n-1], 1^T Z = 0
-    p = m + 1  # coalition rows and eps >= 0
-    G = torch.zeros(p, n, dtype=dt, device=dev)
-    G[:m, : n - 1] = M @ Z
-    G[:, n - 1] = 1.0
-    h = torch.cat([v - M.sum(-1) * AN[:, None] / n, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, p]
-    qdiag = torch.full((n,), 2.0 * reg, dtype=dt, device=dev)  # Hessian of the objective in z
-    qdiag[-1] = 0.0
-    c = torch.zeros(n, dtype=dt, device=dev)  # gradient of the linear part: eps
-    c[-1] = 1.0
-    outer = (G[:, :, None] * G[:, None, :]).reshape(p, n * n)  # rows g g^T, for G^T D G as one GEMM
-    eye = torch.eye(n, dtype=dt, device=dev)
+    G = torch.cat([M @ Z, torch.ones(m, 1, dtype=dt, device=dev)], 1)  # [m, n]: rows (M_c Z, 1)
+    h = v - M.sum(-1) * AN[:, None] / n  # [B, m]
     scale = h.abs().amax(1, keepdim=True).clamp(min=1.0)  # [B, 1], for relative tolerances
+    # reg = 0 is an LP whose working-set subproblems can be unbounded: solve it on every row
+    k = min(m, work_rows or 3 * n) if reg > 0 else m
+    z = torch.zeros(B, n, dtype=dt, device=dev)
+    score = h  # row priority: the most demanding rows at the equal split (z = 0)
+    todo = torch.arange(B, device=dev)
+    for rnd in range(max_rounds + 1):
+        if rnd == max_rounds:
+            k = m  # the last round solves the remaining samples on every row
+        rows = score.topk(k, 1).indices  # [b, k]
+        zt, lam = _ipm(G, rows, h[todo].gather(1, rows), scale[todo], reg)
+        z[todo] = zt
+        viol = h[todo] - zt @ G.T  # [b, m], > 0: row violated
+        bad = viol.amax(1) > 1e-7 * scale[todo, 0]
+        if not bool(bad.any()):
+            break
+        # keep the n rows with the largest multipliers (at most n rows bind at a vertex), then
+        # fill up with the most violated rows
+        top = lam[:, :-1].topk(min(n, k), 1).indices
+        keep = torch.zeros_like(viol).scatter_(1, rows.gather(1, top), 1.0)
+        score = torch.where(keep > 0, torch.inf, viol)[bad]
+        todo = todo[bad]
+    A = z[:, : n - 1] @ Z.T + AN[:, None] / n
+    eps = (v - A @ M.T).amax(1).clamp(min=0.0)
+    return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+
+
+def _ipm(G, rows, h, scale, reg, max_iters=30, tol=1e-13):
+    """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples that each
+    keep their own k rows of the shared G [m, n]: min eps + reg |y|^2 over z = (y, eps) s.t.
+    G[rows] z >= h and eps >= 0. rows [B, k], h [B, k], scale [B, 1]
+    -> (z [B, n], multipliers [B, k + 1], the last for eps >= 0).
+    Products with a sample's rows go through the shared G (scatter into [B, m], then one GEMM),
+    so each Newton step is a few GEMMs, elementwise work on [B, k + 1] and one batched n x n Cholesky."""
+    B, k = rows.shape
+    m, n = G.shape
+    dt, dev = G.dtype, G.device
+    unit = torch.zeros(n, dtype=dt, device=dev)
+    unit[-1] = 1.0  # the row eps >= 0, and the gradient of the linear part (eps)
+    h = torch.cat([h, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, p], p = k + 1
+    p = k + 1
+    qdiag = 2.0 * reg * (1.0 - unit)  # Hessian of the objective in z
+    outer = torch.cat([(G[:, :, None] * G[:, None, :]).reshape(m, n * n), (unit[:, None] * unit).reshape(1, n * n)])
+    Gt = torch.cat([G, unit[None]]).T  # [n, m + 1]; column m is the row eps >= 0
+    rows = torch.cat([rows, torch.full((B, 1), m, device=dev)], 1)
+    eye = torch.eye(n, dtype=dt, device=dev)
     z = torch.zeros(B, n, dtype=dt, device=dev)
     s = scale.expand(B, p).clone()  # slacks G z - h
     lam = torch.ones(B, p, dtype=dt, device=dev)  # multipliers
 
-    def step_to_boundary(x, dx):
-        ratio = torch.where(dx < 0, x / (-dx).clamp(min=1e-300), torch.full_like(x, float("inf")))
-        return ratio.amin(1, keepdim=True).clamp(max=1.0)
+    def rows_times(x):  # G[rows] x: [B, p]
+        return (x @ Gt).gather(1, rows)
+
+    def dense(w):  # a sample's row weights [B, p] spread over all m + 1 rows
+        return torch.zeros(B, m + 1, dtype=dt, device=dev).scatter_(1, rows, w)
+
+    def step_to_boundary(x, dx):  # largest step in (0, 1] keeping x + a dx >= 0 (dx >= 0: no limit)
+        return (x / (-dx).clamp(min=1e-300)).amin(1, keepdim=True).clamp(max=1.0)
 
     for it in range(max_iters):
-        rd = z * qdiag + c - lam @ G  # dual residual [B, n]
-        rp = z @ G.T - s - h  # primal residual [B, p]
+        rd = z * qdiag + unit - dense(lam) @ Gt.T  # dual residual [B, n]
+        rp = rows_times(z) - s - h  # primal residual [B, p]
         mu = (s * lam).mean(1, keepdim=True)
         done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
                 & (rd.abs().amax(1, keepdim=True) < 1e-5 * scale))
         if it % 2 == 1 and bool(done.all()):
             break
-        H = ((lam / s) @ outer).view(B, n, n) + torch.diag(qdiag)
+        H = (dense(lam / s) @ outer).view(B, n, n) + torch.diag(qdiag)
         H = H + (1e-14 * H.diagonal(dim1=1, dim2=2).amax(1) + 1e-14)[:, None, None] * eye  # PD when reg = 0
         L, info = torch.linalg.cholesky_ex(H)
 
         def newton(rc):  # reduced KKT system, rc the complementarity target
-            dz = torch.cholesky_solve((-rd + ((rc - lam * rp) / s) @ G).unsqueeze(-1), L).squeeze(-1)
-            ds = dz @ G.T + rp
+            dz = torch.cholesky_solve((-rd + dense((rc - lam * rp) / s) @ Gt.T).unsqueeze(-1), L).squeeze(-1)
+            ds = rows_times(dz) + rp
             return dz, ds, (rc - lam * ds) / s
 
         dz, ds, dl = newton(-s * lam)  # predictor
@@ -235,9 +279,7 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=30, tol
         frozen = done | (info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True)
         a = torch.where(frozen, 0.0, a)  # converged samples stay put
         z, s, lam = z + a * torch.nan_to_num(dz), s + a * torch.nan_to_num(ds), lam + a * torch.nan_to_num(dl)
-    A = z[:, : n - 1] @ Z.T + AN[:, None] / n
-    eps = (v - A @ M.T).amax(1).clamp(min=0.0)
-    return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+    return z, lam
 
 
 def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
@@ -442,25 +484,43 @@ class QNet(nn.Module):
         return self.head(self.state_in(state) + self.action_in(actions.flatten(-2))).squeeze(-1)
 
 
-def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk=1 << 22):
+def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk_rows=8192):
     """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_{-C}) for every sample and
-    coalition in one batched pass (chunked over samples to bound memory).
+    coalition, batched over all of them.
     state [B, S], actions [B, n, D] (taken), mc_actions [B, K, n, D] (from the current policies),
-    coalitions [m, n] bool -> [B, m]."""
+    coalitions [m, n] bool -> [B, m].
+    The first layer is h1[b, k, c] = base[b] + sum_i (e_taken[b, i] if i in C else e_mc[b, k, i]).
+    Split the agents into two halves: each half's sum takes one of 2^(n/2) values per (b, k), so
+    h1 for every coalition is one lookup in each half's table and an add. The rest of the critic
+    runs on chunks of about `chunk_rows` (sample, draw, coalition) rows that stay in the CPU cache."""
     B, K, n = mc_actions.shape[:3]
-    m, M = coalitions.shape[0], coalitions.to(state.dtype)
-    out = []
-    step = max(1, chunk // (m * K * q.action_in.out_features))
-    for lo in range(0, B, step):  # memory chunks of the batch, not per-sample work
+    m, dt, dev = coalitions.shape[0], state.dtype, state.device
+    H = q.action_in.out_features
+    lo_n = n // 2
+    bits = coalitions.long()
+    code_lo = (bits[:, :lo_n] << torch.arange(lo_n, device=dev)).sum(1)  # [m]: the coalition's low half
+    code_hi = (bits[:, lo_n:] << torch.arange(n - lo_n, device=dev)).sum(1)
+
+    def subsets(k):  # every subset of k agents as 0/1 rows [2^k, k]
+        return ((torch.arange(2**k, device=dev)[:, None] >> torch.arange(k, device=dev)) & 1).to(dt)
+
+    S_lo, S_hi = subsets(lo_n), subsets(n - lo_n)
+    base = q.state_in(state) + q.action_in.bias  # [B, H]
+    lin2, lin3 = q.head[1], q.head[3]
+    out = torch.empty(B, m, dtype=dt, device=dev)
+    step = max(1, chunk_rows // (m * K))
+    for lo in range(0, B, step):  # cache-sized chunks of the batch, not per-sample work
         sl = slice(lo, lo + step)
         e_taken = q.agent_terms(actions[sl])  # [b, n, H]
         e_mc = q.agent_terms(mc_actions[sl])  # [b, K, n, H]
-        base = q.state_in(state[sl]) + q.action_in.bias  # [b, H]
-        # h1[b, c, k] = base + sum_i M[c, i] e_taken[b, i] + (1 - M[c, i]) e_mc[b, k, i]
-        h1 = (base[:, None, None] + torch.einsum("ci,bih->bch", M, e_taken)[:, :, None]
-              + e_mc.sum(2)[:, None] - torch.einsum("ci,bkih->bckh", M, e_mc))
-        out.append(q.head(h1).squeeze(-1).mean(-1))  # [b, m]
-    return torch.cat(out)
+        swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
+        t_lo = (base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
+                + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n]))  # [b, K, 2^lo_n, H]
+        t_hi = e_mc[:, :, lo_n:].sum(2, keepdim=True) + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])
+        h = (t_lo[:, :, code_lo] + t_hi[:, :, code_hi]).view(-1, H).tanh_()  # [b K m, H]
+        h = torch.addmm(lin2.bias, h, lin2.weight.T).tanh_()
+        out[sl] = (h @ lin3.weight[0]).view(-1, K, m).mean(1) + lin3.bias
+    return out
 
 
 class TwinQ(nn.Module):

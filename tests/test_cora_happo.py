@@ -136,3 +136,21 @@ def test_bad_input_is_one_line(script, flags, message, tmp_path):
     r = run(script, *flags, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr
+
+
+# ---- learning --------------------------------------------------------------------------------
+def test_cora_happo_reaches_the_stag_where_happo_settles_for_hare(tmp_path):
+    """3-agent stag hunt (matrix:stag): all on the stag 10, a lone stag hunter -10, a partial hunt
+    5, all hare 5. A stag hunter is punished whenever the others explore; CORA credits the pairs
+    that hunt together (a pair's advantage averages 10 and 5, never -10). Same seed and budget:
+    HAPPO settles on the safe hare (5), CORA-HAPPO with the exact quadratic critic reaches the stag
+    (10). On seeds 1-3 (docs/happo.md) CORA-HAPPO-QC reaches 10 on all three, HAPPO on two."""
+    results = {}
+    for script, flags in ((HAPPO, ()), (CORA_HAPPO, ("--critic", "quadratic"))):
+        cwd = tmp_path / script.stem
+        cwd.mkdir()
+        r = run(script, "--env-id", "matrix:stag", "--seed", "2", "--total-timesteps", "20000", "--save-model", *flags,
+                cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        results[script.stem] = json.loads((only_run_dir(cwd) / "eval.json").read_text())["eval_return_mean"]
+    assert results == {"happo": 5.0, "cora_happo": 10.0}
