@@ -414,7 +414,8 @@ if __name__ == "__main__":
     if args.discretize == "threshold" and not 0 < args.threshold < 1:
         fail(f"--threshold must be in (0, 1) with --discretize threshold, got {args.threshold}")
     if args.discretize == "threshold" and args.influence != "learned":
-        fail(f"--discretize threshold applies to --influence learned only (W_hat is fixed with --influence {args.influence})")
+        fail("--discretize threshold applies to --influence learned only "
+             f"(W_hat is fixed with --influence {args.influence})")
     if args.save_model and args.heatmaps:
         try:
             import matplotlib  # noqa: F401
@@ -540,7 +541,7 @@ if __name__ == "__main__":
             # ---- GAE ----------------------------------------------------------------------
             with torch.no_grad():  # per agent: delta_i = r_i + gamma V_i(s') - V_i(s) (Sec. 4.3.2)
                 next_value = value_of(step.state, step.agent_state)  # [E, n]
-                tail = (dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1))  # episode ends (all agents) and V_i(s_T)
+                tail = (dones.unsqueeze(-1), next_value, next_done.unsqueeze(-1))  # ends (all agents), V_i(s_T)
                 advantages = compute_gae(rewards, values, *tail, args.gamma, args.gae_lambda)  # [T, E, n]
                 # Eq. (9)'s G_i: agent i's discounted return of r_i, bootstrapped from V_i where the
                 # rollout cuts an episode (GAE with lambda = 1)

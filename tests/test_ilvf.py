@@ -4,6 +4,8 @@ and learning on a coupled game where individual advantages fail."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -214,9 +216,6 @@ def test_missing_matplotlib_is_one_line(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no matplotlib')\n")
     env = dict(os.environ, PYTHONPATH=f"{fake.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    import subprocess
-    import sys
-
     r = subprocess.run([sys.executable, str(ILVF), "--save-model"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=120, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
