@@ -6,6 +6,7 @@ interface). Ids may carry scenario options after commas: `vmas:navigation,n_agen
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Optional
 
 import torch
@@ -31,58 +32,21 @@ def _vmas(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     return VmasEnv(env_id, scenario, num_envs, seed, device, bool(continuous), kwargs)
 
 
-def _mamujoco(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .mamujoco import MaMuJoCo
-
-    return MaMuJoCo(env_id, scenario, num_envs, seed, device, kwargs)
-
-
 def _smac(env_id, scenario, num_envs, seed, device, continuous, kwargs):
     from .smac_env import StarCraftEnv
 
     return StarCraftEnv(env_id, env_id.partition(":")[0], scenario, num_envs, seed, device, kwargs)
 
 
-def _smax(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .smax import Smax
+def _lazy(module, name):
+    """A constructor `name(env_id, scenario, num_envs, seed, device, options)` from `module`,
+    imported on first use: families with heavy optional packages cost nothing until asked for."""
 
-    return Smax(env_id, scenario, num_envs, seed, device, kwargs)
+    def make(env_id, scenario, num_envs, seed, device, continuous, kwargs):
+        family = getattr(importlib.import_module(f".{module}", __package__), name)
+        return family(env_id, scenario, num_envs, seed, device, kwargs)
 
-
-def _grf(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .grf import Football
-
-    return Football(env_id, scenario, num_envs, seed, device, kwargs)
-
-
-def _cacc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .cacc import CACC
-
-    return CACC(env_id, scenario, num_envs, seed, device, kwargs)
-
-
-def _coupled(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .coupled import CoupledRing
-
-    return CoupledRing(env_id, scenario, num_envs, seed, device)
-
-
-def _atsc(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .atsc import TrafficSignals
-
-    return TrafficSignals(env_id, scenario, num_envs, seed, device, kwargs)
-
-
-def _mpe(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .mpe_encircle import Encircle
-
-    return Encircle(env_id, scenario, num_envs, seed, device, kwargs)
-
-
-def _pcp(env_id, scenario, num_envs, seed, device, continuous, kwargs):
-    from .pcp import PredatorCapturePrey
-
-    return PredatorCapturePrey(env_id, scenario, num_envs, seed, device, kwargs)
+    return make
 
 
 # family -> (constructor, supported action types, example ids, whether `key=value` options apply)
@@ -92,14 +56,14 @@ FAMILIES: dict[str, tuple[Callable, tuple[str, ...], str, bool]] = {
     "vmas": (_vmas, ("discrete", "continuous"), "vmas:navigation, vmas:give_way,n_agents=2", True),
     "smac": (_smac, ("discrete",), "smac:8m, smac:3s5z (needs StarCraft II)", False),
     "smacv2": (_smac, ("discrete",), "smacv2:protoss_5_vs_5, smacv2:zerg_10_vs_11 (needs StarCraft II)", False),
-    "mamujoco": (_mamujoco, ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
-    "smax": (_smax, ("discrete",), "smax:3m, smax:8m, smax:2s3z, smax:3s_vs_5z,max_steps=50", True),
-    "grf": (_grf, ("discrete",), "grf:academy_3_vs_1_with_keeper, grf:academy_counterattack_easy (needs requirements-grf.txt)", True),
-    "coupled": (_coupled, ("discrete",), "coupled:ring, coupled:ring-6", False),
-    "mpe": (_mpe, ("discrete",), "mpe:encircle-8, mpe:encircle-20,max_steps=25", True),
-    "cacc": (_cacc, ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
-    "pcp": (_pcp, ("discrete",), "pcp:, pcp:default,dim=10,max_steps=40", True),
-    "atsc": (_atsc, ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
+    "mamujoco": (_lazy("mamujoco", "MaMuJoCo"), ("continuous",), "mamujoco:HalfCheetah-6x1, mamujoco:Ant-4x2,agent_obsk=0", True),
+    "smax": (_lazy("smax", "Smax"), ("discrete",), "smax:3m, smax:8m, smax:2s3z, smax:3s_vs_5z,max_steps=50", True),
+    "grf": (_lazy("grf", "Football"), ("discrete",), "grf:academy_3_vs_1_with_keeper, grf:academy_counterattack_easy (needs requirements-grf.txt)", True),
+    "coupled": (_lazy("coupled", "CoupledRing"), ("discrete",), "coupled:ring, coupled:ring-6", False),
+    "mpe": (_lazy("mpe_encircle", "Encircle"), ("discrete",), "mpe:encircle-8, mpe:encircle-20,max_steps=25", True),
+    "cacc": (_lazy("cacc", "CACC"), ("discrete",), "cacc:catchup, cacc:slowdown,eval=1", True),
+    "pcp": (_lazy("pcp", "PredatorCapturePrey"), ("discrete",), "pcp:, pcp:default,dim=10,max_steps=40", True),
+    "atsc": (_lazy("atsc", "TrafficSignals"), ("discrete",), "atsc:grid4x4, atsc:large-grid,seconds=1800 (needs requirements-atsc.txt)", True),
 }
 SCRIPT_FOR = {"discrete": "mappo.py", "continuous": "mappo_continuous.py"}
 

@@ -35,7 +35,7 @@ _PATTERN = re.compile(r"^ring(?:-(\d+))?$")
 
 
 class CoupledRing(MultiAgentEnv):
-    def __init__(self, env_id: str, scenario: str, num_envs: int, seed: int, device):
+    def __init__(self, env_id: str, scenario: str, num_envs: int, seed: int, device, options=None):
         match = _PATTERN.match(scenario)
         if match is None or int(match.group(1) or 4) < 2 or int(match.group(1) or 4) % 2:
             raise EnvError(f"unknown coupled scenario '{scenario}'; valid: {SCENARIOS}")
