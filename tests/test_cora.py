@@ -191,6 +191,32 @@ def test_monte_carlo_coalition_values_converge():
     assert errors[2] < 0.02 * exact.abs().mean().item()
 
 
+@pytest.mark.parametrize("continuous", [False, True])
+def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuous):
+    """The batched pass (half-agent tables, sigmoid form of tanh, chunks) is exactly
+    (1/K) sum_k Q(s, a_C, a^k_-C) evaluated by the critic's own forward, for every coalition."""
+    import cleanmarl.cora_mappo_continuous as cont
+
+    n, S, B, K, A, D = 5, 4, 7, 3, 4, 2
+    torch.manual_seed(3)
+    state = torch.randn(B, S, dtype=torch.float64)
+    if continuous:
+        q = cont.QNet(S, n, D, hidden=16).double()
+        actions, mc_actions = torch.randn(B, n, D, dtype=torch.float64), torch.randn(B, K, n, D, dtype=torch.float64)
+        fn = cont.mc_coalition_q
+    else:
+        q = QNet(S, n, A, hidden=16).double()
+        actions, mc_actions = torch.randint(0, A, (B, n)), torch.randint(0, A, (B, K, n))
+        fn = mc_coalition_q
+    coalitions = all_coalitions(n)
+    inside = coalitions.view(1, 1, -1, n, *([1] if continuous else []))  # [1, 1, m, n(, 1)]
+    joint = torch.where(inside, actions[:, None, None], mc_actions[:, :, None])  # [B, K, m, n(, D)]
+    with torch.no_grad():
+        direct = q(state[:, None, None].expand(-1, K, len(coalitions), -1), joint).mean(1)  # [B, m]
+        batched = fn(q, state, actions, mc_actions, coalitions, chunk_rows=40)  # several chunks
+    torch.testing.assert_close(batched, direct, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("flags", [["--critic", "mc"], ["--critic", "quadratic"], ["--num-coalitions", "100"]])
 def test_cora_runs_on_a_matrix_game(flags, tmp_path):
     test_script_runs_and_logs(CORA, "matrix:team", tmp_path, extra=flags)
