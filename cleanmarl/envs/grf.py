@@ -18,7 +18,7 @@ Adapter choices:
 - rewards: the shared `scoring` reward (+1 goal for, -1 against, `info["score_reward"]`);
   team = that reward, agent i = reward / n; win: the episode's goals for exceed those against;
 - terminated: gfootball ended the episode by its rules (a goal, the ball out of play, a change
-  of possession in the academy); its game duration (400 steps in the academy) is the episode
+  of possession in the academy); its game duration (401 steps in the academy, `steps_left` at reset) is the episode
   limit, a truncation;
 - seeding: every reset draws the engine's `game_engine_random_seed` from a generator seeded with
   `seed`, so runs repeat exactly and episodes differ.
