@@ -195,7 +195,8 @@ group_speed() {
     printf '%-56s %10s\n' "env only, random actions: $id, 64 envs" "$(env_only "$id" discrete 64)"
     printf '%-56s %10s\n' "mappo.py $id, 64 envs" "$(train mappo.py "$id" 64)"
   done
-  for script in mappo_continuous.py optimistic_mappo.py happo.py happo_continuous.py; do
+  for script in mappo_continuous.py optimistic_mappo.py optimistic_mappo_continuous.py happo.py happo_continuous.py \
+      cora_happo.py cora_happo_continuous.py; do
     printf '%-56s %10s\n' "$script vmas:navigation, 64 envs" "$(train "$script" vmas:navigation 64)"
   done
   printf '%-56s %10s\n' "mappo.py matrix:team, 4 envs" "$(train mappo.py matrix:team 4)"
