@@ -22,7 +22,7 @@ Adapter choices:
 Simulations: libsumo (default where installed) runs one simulation per process, so each parallel
 env is a worker process stepped concurrently with the others; `backend=traci` keeps every
 simulation in this process, each a SUMO process behind its own TraCI connection label. libsumo
-workers were measured faster (docs/envs.md). Each episode starts SUMO with a seed drawn from
+workers were measured faster (docs/envs/atsc.md). Each episode starts SUMO with a seed drawn from
 the env's seeded generator, so the same seed and actions give the same trajectories.
 """
 

@@ -55,7 +55,7 @@ def game_factory(env_id: str, scenario: str, n_agents: int) -> Callable[[], obje
         from gfootball.env import scenario_builder
     except ImportError:
         raise EnvError(f"{env_id} needs Google Research Football (gfootball), which is not installed: "
-                       f"{INSTALL} (builds its C++ engine, ~10-12 min; see docs/envs.md)") from None
+                       f"{INSTALL} (builds its C++ engine, ~10-12 min; see docs/envs/grf.md)") from None
     if not gym.__version__.startswith(GYM_VERSION):
         raise EnvError(f"{env_id}: gfootball needs gym 0.25 (its reset/step API), found gym {gym.__version__}: "
                        f"pip install gym==0.25.2")

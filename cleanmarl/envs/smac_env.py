@@ -1,7 +1,7 @@
 """StarCraft Multi-Agent Challenge: `smac:<map>` (SMAC) and `smacv2:<race>_<N>_vs_<M>` (SMACv2).
 
 Neither package nor the game installs from the package registries (the PyPI package named `smac`
-is SMAC3, an unrelated hyperparameter optimizer). See docs/envs.md for the install recipe:
+is SMAC3, an unrelated hyperparameter optimizer). See docs/envs/smac.md for the install recipe:
 StarCraft II 4.10 in $SC2PATH (default ~/StarCraftII) with the SMAC maps, and the packages
 from the oxwhirl/smac or oxwhirl/smacv2 repositories. Before launching, the game and the package
 are checked and a missing one ends in one line saying what to install.
@@ -27,7 +27,7 @@ import torch
 
 from .base import EnvError, EnvSpec, MultiAgentEnv
 
-RECIPE = "see docs/envs.md, 'smac:'"
+RECIPE = "see docs/envs/smac.md"
 SMAC_INSTALL = "pip install git+https://github.com/oxwhirl/smac.git"
 SMACV2_INSTALL = "pip install git+https://github.com/oxwhirl/smacv2.git"
 _V2_PATTERN = re.compile(r"^(protoss|terran|zerg)_(\d+)_vs_(\d+)$")
