@@ -13,7 +13,8 @@ from scipy.optimize import linprog
 
 from cleanmarl.cora_mappo import (QNet, QuadraticQ, all_coalitions, core_allocation, mc_coalition_q,
                                   sample_coalitions, scale_allocation)
-from tests.test_scripts import ROOT, test_script_runs_and_logs
+from tests import test_scripts  # not its test functions by name: pytest would collect them again here
+from tests.test_scripts import ROOT
 
 CORA = ROOT / "cleanmarl" / "cora_mappo.py"
 
@@ -219,11 +220,11 @@ def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuou
 
 @pytest.mark.parametrize("flags", [["--critic", "mc"], ["--critic", "quadratic"], ["--num-coalitions", "100"]])
 def test_cora_runs_on_a_matrix_game(flags, tmp_path):
-    test_script_runs_and_logs(CORA, "matrix:team", tmp_path, extra=flags)
+    test_scripts.test_script_runs_and_logs(CORA, "matrix:team", tmp_path, extra=flags)
 
 
 def test_cora_runs_on_vmas(tmp_path):
-    test_script_runs_and_logs(CORA, "vmas:navigation,max_steps=20,n_agents=3", tmp_path, extra=["--mc-samples", "4"])
+    test_scripts.test_script_runs_and_logs(CORA, "vmas:navigation,max_steps=20,n_agents=3", tmp_path, extra=["--mc-samples", "4"])
 
 
 def test_quadratic_critic_gathered_forward_matches_the_full_form():
@@ -261,7 +262,7 @@ def test_continuous_quadratic_critic_uses_the_policy_means():
 @pytest.mark.parametrize("env_id,flags", [("diff:5agents", ["--critic", "mc"]), ("diff:2agents", ["--critic", "quadratic"]),
                                           ("vmas:give_way,max_steps=20", ["--mc-samples", "4"])])
 def test_cora_continuous_runs(env_id, flags, tmp_path):
-    test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
+    test_scripts.test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
 
 
 def test_osqp_reference_path_matches_the_batched_solver():
@@ -275,7 +276,7 @@ def test_osqp_reference_path_matches_the_batched_solver():
 
 
 def test_cora_runs_with_the_osqp_reference(tmp_path):
-    test_script_runs_and_logs(CORA, "matrix:climbing", tmp_path, extra=["--qp-solver", "osqp"])
+    test_scripts.test_script_runs_and_logs(CORA, "matrix:climbing", tmp_path, extra=["--qp-solver", "osqp"])
 
 
 def test_stag_hunt_rewards():
