@@ -193,8 +193,8 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, m
     for rnd in range(max_rounds + 1):
         if rnd == max_rounds:
             k = m  # the last round solves the remaining samples on every row
-        rows = score.topk(k, 1).indices  # [b, k]
-        zt, lam = _ipm(G, rows, h[todo].gather(1, rows), scale[todo], reg)
+        rows = score.topk(k, 1, sorted=False).indices  # [b, k]
+        zt, lam = _ipm(G, rows, h[todo], scale[todo], reg)
         z[todo] = zt
         viol = h[todo] - zt @ G.T  # [b, m], > 0: row violated
         bad = viol.amax(1) > 1e-7 * scale[todo, 0]
@@ -211,52 +211,84 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, m
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
 
 
-def _ipm(G, rows, h, scale, reg, max_iters=30, tol=1e-13):
+def _ipm(G, rows, h_all, scale, reg, max_iters=30, tol=1e-13, f32_iters=6):
     """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples that each
     keep their own k rows of the shared G [m, n]: min eps + reg |y|^2 over z = (y, eps) s.t.
-    G[rows] z >= h and eps >= 0. rows [B, k], h [B, k], scale [B, 1]
+    G[rows] z >= h and eps >= 0. rows [B, k], h_all [B, m] (every row's h), scale [B, 1]
     -> (z [B, n], multipliers [B, k + 1], the last for eps >= 0).
-    Products with a sample's rows go through the shared G (scatter into [B, m], then one GEMM),
-    so each Newton step is a few GEMMs, elementwise work on [B, k + 1] and one batched n x n Cholesky."""
+    Each Newton step is a few batched products with the samples' [k + 1, n] row blocks,
+    elementwise work on [B, k + 1] and one batched n x n Cholesky. Three shortcuts, none of which
+    changes the answer: the first `f32_iters` steps run in float32 (far from the optimum its
+    precision is enough; the rest in float64); converged samples leave the batch; and a sample
+    whose iterate then violates a row outside its set by a wide margin stops early, returned as it
+    stands: it will fail the caller's check of all rows and be solved again on a better set."""
     B, k = rows.shape
     m, n = G.shape
     dt, dev = G.dtype, G.device
     unit = torch.zeros(n, dtype=dt, device=dev)
     unit[-1] = 1.0  # the row eps >= 0, and the gradient of the linear part (eps)
-    h = torch.cat([h, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, p], p = k + 1
-    p = k + 1
+    G = torch.cat([G, unit[None]])  # [m + 1, n]; row m is eps >= 0
+    rows = torch.cat([rows, torch.full((B, 1), m, device=dev)], 1)  # [B, p], p = k + 1
+    h = torch.cat([h_all, torch.zeros(B, 1, dtype=dt, device=dev)], 1).gather(1, rows)  # [B, p]
     qdiag = 2.0 * reg * (1.0 - unit)  # Hessian of the objective in z
-    outer = torch.cat([(G[:, :, None] * G[:, None, :]).reshape(m, n * n), (unit[:, None] * unit).reshape(1, n * n)])
-    Gt = torch.cat([G, unit[None]]).T  # [n, m + 1]; column m is the row eps >= 0
-    rows = torch.cat([rows, torch.full((B, 1), m, device=dev)], 1)
-    eye = torch.eye(n, dtype=dt, device=dev)
+    z_out = torch.zeros(B, n, dtype=dt, device=dev)
+    lam_out = torch.zeros(B, k + 1, dtype=dt, device=dev)
+    live = torch.arange(B, device=dev)  # the samples still iterating
+    # start on the interior of the feasible set: the equal split with eps above every h, and
+    # multipliers summing to 1 (which makes the eps part of the dual residual zero)
     z = torch.zeros(B, n, dtype=dt, device=dev)
-    s = scale.expand(B, p).clone()  # slacks G z - h
-    lam = torch.ones(B, p, dtype=dt, device=dev)  # multipliers
+    z[:, -1] = h.amax(1).clamp(min=0.0) + 0.1 * scale[:, 0]
+    s = z[:, -1:] - h
+    lam = torch.full_like(s, 1.0 / (k + 1))
+    G64, h64 = G, h
+    if f32_iters:
+        G, h, scale, z, s, lam, qdiag, unit = (x.float() for x in (G, h, scale, z, s, lam, qdiag, unit))
+    Gt = G.T.contiguous()
+    Gr = nn.functional.embedding(rows, G)  # [b, p, n]: each sample's rows (a fast G[rows])
+    buf = torch.empty_like(Gr)
 
-    def rows_times(x):  # G[rows] x: [B, p]
+    def rows_times(x):  # G[rows] x: [b, n] -> [b, p], through the shared rows (a GEMM and a gather)
         return (x @ Gt).gather(1, rows)
 
-    def dense(w):  # a sample's row weights [B, p] spread over all m + 1 rows
-        return torch.zeros(B, m + 1, dtype=dt, device=dev).scatter_(1, rows, w)
+    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n] (faster as a reduction than as a batched matmul;
+        return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)  # a reused buffer: fresh 10 MB ones cost page faults)
 
     def step_to_boundary(x, dx):  # largest step in (0, 1] keeping x + a dx >= 0 (dx >= 0: no limit)
-        return (x / (-dx).clamp(min=1e-300)).amin(1, keepdim=True).clamp(max=1.0)
+        return (x / (-dx).clamp(min=torch.finfo(x.dtype).tiny)).amin(1, keepdim=True).clamp(max=1.0)
 
     for it in range(max_iters):
-        rd = z * qdiag + unit - dense(lam) @ Gt.T  # dual residual [B, n]
-        rp = rows_times(z) - s - h  # primal residual [B, p]
+        leave = None
+        if G.dtype != dt and (it == f32_iters or bool(((s * lam).mean(1) < 1e-6 * scale[:, 0]).any())):
+            # on in float64 before any sample nears float32's resolution
+            G, Gt, h, Gr = G64, G64.T.contiguous(), h64, nn.functional.embedding(rows, G64)
+            scale, z, s, lam, qdiag, unit = (x.to(dt) for x in (scale, z, s, lam, qdiag, unit))
+            buf = torch.empty_like(Gr)
+            if k < m:  # the iterate is feasible for the set's rows, so a wide violation is outside it
+                leave = (h_all[live] - z @ G[:-1].T).amax(1) > 0.01 * scale[:, 0]
+        rd = z * qdiag + unit - rows_t_times(lam)  # dual residual [b, n]
+        rp = rows_times(z) - s - h  # primal residual [b, p]
         mu = (s * lam).mean(1, keepdim=True)
-        done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
-                & (rd.abs().amax(1, keepdim=True) < 1e-5 * scale))
-        if it % 2 == 1 and bool(done.all()):
-            break
-        H = (dense(lam / s) @ outer).view(B, n, n) + torch.diag(qdiag)
-        H = H + (1e-14 * H.diagonal(dim1=1, dim2=2).amax(1) + 1e-14)[:, None, None] * eye  # PD when reg = 0
+        if G.dtype == dt:
+            done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
+                    & (rd.abs().amax(1, keepdim=True) < 1e-9 * scale)).squeeze(1)
+            if leave is not None:
+                done |= leave
+            if bool(done.any()):  # converged samples leave the batch
+                z_out[live[done]], lam_out[live[done]] = z[done], lam[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    break
+                live, rows, Gr, h, scale = live[keep], rows[keep], Gr[keep], h[keep], scale[keep]
+                buf = buf[: len(live)]
+                z, s, lam = z[keep], s[keep], lam[keep]
+                rd, rp, mu = rd[keep], rp[keep], mu[keep]
+        H = torch.bmm(Gr.transpose(1, 2), torch.mul(Gr, (lam / s).unsqueeze(-1), out=buf)) + torch.diag(qdiag)
+        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6  # keeps H positive definite when reg = 0
+        H = H + (jitter * H.diagonal(dim1=1, dim2=2).amax(1) + jitter)[:, None, None] * torch.eye(n, dtype=H.dtype)
         L, info = torch.linalg.cholesky_ex(H)
 
         def newton(rc):  # reduced KKT system, rc the complementarity target
-            dz = torch.cholesky_solve((-rd + dense((rc - lam * rp) / s) @ Gt.T).unsqueeze(-1), L).squeeze(-1)
+            dz = torch.cholesky_solve((-rd + rows_t_times((rc - lam * rp) / s)).unsqueeze(-1), L).squeeze(-1)
             ds = rows_times(dz) + rp
             return dz, ds, (rc - lam * ds) / s
 
@@ -265,10 +297,11 @@ def _ipm(G, rows, h, scale, reg, max_iters=30, tol=1e-13):
         sigma = (((s + a * ds) * (lam + a * dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
         dz, ds, dl = newton(-s * lam + sigma * mu - ds * dl)  # corrector
         a = 0.99 * torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
-        frozen = done | (info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True)
-        a = torch.where(frozen, 0.0, a)  # converged samples stay put
+        a = torch.where((info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True), 0.0, a)
         z, s, lam = z + a * torch.nan_to_num(dz), s + a * torch.nan_to_num(ds), lam + a * torch.nan_to_num(dl)
-    return z, lam
+    else:  # out of iterations: the rest as they stand
+        z_out[live], lam_out[live] = z.to(dt), lam.to(dt)
+    return z_out, lam_out
 
 
 def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
