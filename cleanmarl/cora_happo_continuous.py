@@ -172,17 +172,17 @@ def sample_coalitions(n, m, generator=None, device=None):
 
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
-def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, max_rounds=6):
+def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, chunk=2048):
     """Batched solve of Eq. (24) for B samples sharing one coalition set.
     coalitions [m, n] bool, coalition_adv [B, m], grand_adv [B] -> (alloc [B, n], eps [B]).
 
     With x = A - A_N/n = Z y (Z an orthonormal basis of sum-zero vectors) the problem is
     min eps + reg |y|^2 over z = (y, eps) subject to G z >= h, one row per coalition plus eps >= 0.
-    At the optimum at most about n of the m rows bind, so each sample is solved on a small working
-    set of rows (constraint generation): an interior-point method on the k = `work_rows` (default
-    3n) rows that are most demanding at the equal split, then a check of all m rows; a sample with
-    a violated row is solved again on its binding rows plus its most violated ones, until no row is
-    violated (after `max_rounds` rounds, on all m rows: the exact problem).
+    At the optimum only about n of the m rows bind, so after a few cheap interior-point steps on
+    every row each sample goes on with just the k = `work_rows` (default 3n) rows that look binding
+    (see `_ipm`). A check of all m rows then sends the rare sample whose set missed a binding row
+    round again with a larger k, up to all m rows: the exact problem. A sample with no positive h
+    is solved by the equal split with eps = 0 (its objective, 0, is the least possible).
     The returned eps is the tightest one for the returned allocation."""
     dt, dev = torch.float64, coalition_adv.device
     B, m = coalition_adv.shape
@@ -197,106 +197,97 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, m
     h = v - M.sum(-1) * AN[:, None] / n  # [B, m]
     scale = h.abs().amax(1, keepdim=True).clamp(min=1.0)  # [B, 1], for relative tolerances
     # reg = 0 is an LP whose working-set subproblems can be unbounded: solve it on every row
-    k = min(m, work_rows or 3 * n) if reg > 0 else m
+    step = min(m, work_rows or 3 * n) if reg > 0 else m
     z = torch.zeros(B, n, dtype=dt, device=dev)
-    score = h  # row priority: the most demanding rows at the equal split (z = 0)
-    todo = torch.arange(B, device=dev)
-    for rnd in range(max_rounds + 1):
-        if rnd == max_rounds:
-            k = m  # the last round solves the remaining samples on every row
-        rows = score.topk(k, 1, sorted=False).indices  # [b, k]
-        zt, lam = _ipm(G, rows, h[todo], scale[todo], reg)
-        z[todo] = zt
-        viol = h[todo] - zt @ G.T  # [b, m], > 0: row violated
-        bad = viol.amax(1) > 1e-7 * scale[todo, 0]
-        if not bool(bad.any()):
-            break
-        # keep the n rows with the largest multipliers (at most n rows bind at a vertex), then
-        # fill up with the most violated rows
-        top = lam[:, :-1].topk(min(n, k), 1).indices
-        keep = torch.zeros_like(viol).scatter_(1, rows.gather(1, top), 1.0)
-        score = torch.where(keep > 0, torch.inf, viol)[bad]
+    todo = (h.amax(1) > 0).nonzero().squeeze(1)  # the others keep z = 0
+    for k in range(step, m + step, step):
+        for part in todo.split(chunk):  # cache-sized chunks of samples: faster than one big batch
+            z[part] = _ipm(G, h[part], scale[part], reg, keep=min(k, m))
+        bad = (h[todo] - z[todo] @ G.T).amax(1) > 1e-7 * scale[todo, 0]  # a row violated
         todo = todo[bad]
+        if not len(todo):
+            break
     A = z[:, : n - 1] @ Z.T + AN[:, None] / n
     eps = (v - A @ M.T).amax(1).clamp(min=0.0)
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
 
 
-def _ipm(G, rows, h_all, scale, reg, max_iters=30, tol=1e-13, f32_iters=6):
-    """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples that each
-    keep their own k rows of the shared G [m, n]: min eps + reg |y|^2 over z = (y, eps) s.t.
-    G[rows] z >= h and eps >= 0. rows [B, k], h_all [B, m] (every row's h), scale [B, 1]
-    -> (z [B, n], multipliers [B, k + 1], the last for eps >= 0).
-    Each Newton step is a few batched products with the samples' [k + 1, n] row blocks,
-    elementwise work on [B, k + 1] and one batched n x n Cholesky. Three shortcuts, none of which
-    changes the answer: the first `f32_iters` steps run in float32 (far from the optimum its
-    precision is enough; the rest in float64); converged samples leave the batch; and a sample
-    whose iterate then violates a row outside its set by a wide margin stops early, returned as it
-    stands: it will fail the caller's check of all rows and be solved again on a better set."""
-    B, k = rows.shape
-    m, n = G.shape
+def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
+    """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples:
+    min eps + reg |y|^2 over z = (y, eps) s.t. G z >= h and eps >= 0, for the shared G [m, n] and
+    each sample's h [B, m] (scale [B, 1] its size). -> z [B, n].
+    The first `screen_iters` steps run in float32 on all rows, from an interior point; then each
+    sample keeps only the `keep` rows with the largest multiplier-to-slack ratio (the ones heading
+    to bind), and the rest of the steps run in float64 on those: a few batched products with the
+    samples' [keep + 1, n] row blocks, elementwise work on [B, keep + 1] and a batched n x n
+    Cholesky. Converged samples leave the batch, so the slowest do not keep it iterating. The
+    caller checks the answer against all rows (a binding row may have been dropped)."""
+    B, m = h.shape
+    n = G.shape[1]
     dt, dev = G.dtype, G.device
     unit = torch.zeros(n, dtype=dt, device=dev)
     unit[-1] = 1.0  # the row eps >= 0, and the gradient of the linear part (eps)
     G = torch.cat([G, unit[None]])  # [m + 1, n]; row m is eps >= 0
-    rows = torch.cat([rows, torch.full((B, 1), m, device=dev)], 1)  # [B, p], p = k + 1
-    h = torch.cat([h_all, torch.zeros(B, 1, dtype=dt, device=dev)], 1).gather(1, rows)  # [B, p]
+    h64 = torch.cat([h, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, m + 1]
     qdiag = 2.0 * reg * (1.0 - unit)  # Hessian of the objective in z
-    z_out = torch.zeros(B, n, dtype=dt, device=dev)
-    lam_out = torch.zeros(B, k + 1, dtype=dt, device=dev)
-    live = torch.arange(B, device=dev)  # the samples still iterating
-    # start on the interior of the feasible set: the equal split with eps above every h, and
-    # multipliers summing to 1 (which makes the eps part of the dual residual zero)
+    # start inside the feasible set: the equal split with eps above every h, and multipliers
+    # summing to 1 (which makes the eps part of the dual residual zero)
     z = torch.zeros(B, n, dtype=dt, device=dev)
     z[:, -1] = h.amax(1).clamp(min=0.0) + 0.1 * scale[:, 0]
-    s = z[:, -1:] - h
-    lam = torch.full_like(s, 1.0 / (k + 1))
-    G64, h64 = G, h
-    if f32_iters:
-        G, h, scale, z, s, lam, qdiag, unit = (x.float() for x in (G, h, scale, z, s, lam, qdiag, unit))
-    Gt = G.T.contiguous()
-    Gr = nn.functional.embedding(rows, G)  # [b, p, n]: each sample's rows (a fast G[rows])
-    buf = torch.empty_like(Gr)
+    s = z[:, -1:] - h64
+    lam = torch.full_like(s, 1.0 / (m + 1))
+    z_out = z.clone()
+    live = torch.arange(B, device=dev)  # the samples still iterating
+    rows = None  # None: every row (dense products), else each sample's rows [b, p]
+    Gs, hs, scale_s, z, s, lam, qdiag_s, unit_s = (x.float() for x in (G, h64, scale, z, s, lam, qdiag, unit))
+    outer = (Gs[:, :, None] * Gs[:, None, :]).flatten(1)  # [m + 1, n * n]: each row's g g^T
+    Gst = Gs.T.contiguous()
 
-    def rows_times(x):  # G[rows] x: [b, n] -> [b, p], through the shared rows (a GEMM and a gather)
-        return (x @ Gt).gather(1, rows)
+    def rows_times(x):  # G[rows] x: [b, n] -> [b, p]
+        return x @ Gst if rows is None else (x @ Gst).gather(1, rows)
 
-    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n] (faster as a reduction than as a batched matmul;
-        return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)  # a reused buffer: fresh 10 MB ones cost page faults)
+    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n] (as a reduction: faster than a batched matmul;
+        if rows is None:  # into a reused buffer: fresh 10 MB ones cost page faults)
+            return w @ Gs
+        return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)
+
+    def normal_matrix(w):  # G[rows]^T diag(w) G[rows] + Q: [b, n, n]
+        if rows is None:
+            H = (w @ outer).view(-1, n, n)
+        else:
+            H = torch.bmm(Gr.transpose(1, 2), torch.mul(Gr, w.unsqueeze(-1), out=buf))
+        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6  # keeps H positive definite when reg = 0
+        return H + torch.diag(qdiag_s + jitter) + (jitter * H.diagonal(dim1=1, dim2=2).amax(1))[:, None, None] * eye
 
     def step_to_boundary(x, dx):  # largest step in (0, 1] keeping x + a dx >= 0 (dx >= 0: no limit)
         return (x / (-dx).clamp(min=torch.finfo(x.dtype).tiny)).amin(1, keepdim=True).clamp(max=1.0)
 
+    eye = torch.eye(n, dtype=torch.float32, device=dev)
     for it in range(max_iters):
-        leave = None
-        if G.dtype != dt and (it == f32_iters or bool(((s * lam).mean(1) < 1e-6 * scale[:, 0]).any())):
-            # on in float64 before any sample nears float32's resolution
-            G, Gt, h, Gr = G64, G64.T.contiguous(), h64, nn.functional.embedding(rows, G64)
-            scale, z, s, lam, qdiag, unit = (x.to(dt) for x in (scale, z, s, lam, qdiag, unit))
+        if it == screen_iters or (it < screen_iters and bool(((s * lam).mean(1) < 1e-7 * scale_s[:, 0]).any())):
+            # on in float64 on each sample's `keep` rows that look binding (and always eps >= 0)
+            score = (lam / s).index_fill_(1, torch.tensor([m], device=dev), torch.inf)
+            rows = score.topk(min(keep, m) + 1, 1, sorted=False).indices  # [b, p]
+            s, lam = s.gather(1, rows).to(dt), lam.gather(1, rows).to(dt)
+            Gs, Gst, hs, Gr = G, G.T.contiguous(), h64[live].gather(1, rows), nn.functional.embedding(rows, G)
+            z, scale_s, qdiag_s, unit_s, eye = z.to(dt), scale.to(dt)[live], qdiag, unit, eye.to(dt)
             buf = torch.empty_like(Gr)
-            if k < m:  # the iterate is feasible for the set's rows, so a wide violation is outside it
-                leave = (h_all[live] - z @ G[:-1].T).amax(1) > 0.01 * scale[:, 0]
-        rd = z * qdiag + unit - rows_t_times(lam)  # dual residual [b, n]
-        rp = rows_times(z) - s - h  # primal residual [b, p]
+        rd = z * qdiag_s + unit_s - rows_t_times(lam)  # dual residual [b, n]
+        rp = rows_times(z) - s - hs  # primal residual [b, p]
         mu = (s * lam).mean(1, keepdim=True)
-        if G.dtype == dt:
-            done = ((mu < tol * scale) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale)
-                    & (rd.abs().amax(1, keepdim=True) < 1e-9 * scale)).squeeze(1)
-            if leave is not None:
-                done |= leave
+        if rows is not None:
+            done = ((mu < tol * scale_s) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale_s)
+                    & (rd.abs().amax(1, keepdim=True) < 1e-9 * scale_s)).squeeze(1)
             if bool(done.any()):  # converged samples leave the batch
-                z_out[live[done]], lam_out[live[done]] = z[done], lam[done]
-                keep = ~done
-                if not bool(keep.any()):
+                z_out[live[done]] = z[done]
+                stay = ~done
+                if not bool(stay.any()):
                     break
-                live, rows, Gr, h, scale = live[keep], rows[keep], Gr[keep], h[keep], scale[keep]
+                live, rows, Gr, hs, scale_s = live[stay], rows[stay], Gr[stay], hs[stay], scale_s[stay]
                 buf = buf[: len(live)]
-                z, s, lam = z[keep], s[keep], lam[keep]
-                rd, rp, mu = rd[keep], rp[keep], mu[keep]
-        H = torch.bmm(Gr.transpose(1, 2), torch.mul(Gr, (lam / s).unsqueeze(-1), out=buf)) + torch.diag(qdiag)
-        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6  # keeps H positive definite when reg = 0
-        H = H + (jitter * H.diagonal(dim1=1, dim2=2).amax(1) + jitter)[:, None, None] * torch.eye(n, dtype=H.dtype)
-        L, info = torch.linalg.cholesky_ex(H)
+                z, s, lam = z[stay], s[stay], lam[stay]
+                rd, rp, mu = rd[stay], rp[stay], mu[stay]
+        L, info = torch.linalg.cholesky_ex(normal_matrix(lam / s))
 
         def newton(rc):  # reduced KKT system, rc the complementarity target
             dz = torch.cholesky_solve((-rd + rows_t_times((rc - lam * rp) / s)).unsqueeze(-1), L).squeeze(-1)
@@ -306,13 +297,15 @@ def _ipm(G, rows, h_all, scale, reg, max_iters=30, tol=1e-13, f32_iters=6):
         dz, ds, dl = newton(-s * lam)  # predictor
         a = torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
         sigma = (((s + a * ds) * (lam + a * dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
+        # but stay central while the dual residual lags: past that, ill-conditioned steps stall it
+        sigma = torch.maximum(sigma, (1e-3 * rd.abs().amax(1, keepdim=True) / mu).clamp(max=0.5))
         dz, ds, dl = newton(-s * lam + sigma * mu - ds * dl)  # corrector
         a = 0.99 * torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
         a = torch.where((info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True), 0.0, a)
         z, s, lam = z + a * torch.nan_to_num(dz), s + a * torch.nan_to_num(ds), lam + a * torch.nan_to_num(dl)
     else:  # out of iterations: the rest as they stand
-        z_out[live], lam_out[live] = z.to(dt), lam.to(dt)
-    return z_out, lam_out
+        z_out[live] = z.to(dt)
+    return z_out
 
 
 def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
