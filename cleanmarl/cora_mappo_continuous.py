@@ -240,33 +240,35 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
             return w @ Gs
         return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)
 
-    def normal_matrix(w):  # G[rows]^T diag(w) G[rows] + Q: [b, n, n]
+    def normal_matrix(w):  # G[rows]^T diag(w) G[rows] + Q, plus a relative jitter (PD when reg = 0): [b, n, n]
         if rows is None:
             H = (w @ outer).view(-1, n, n)
         else:
             H = torch.bmm(Gr.transpose(1, 2), torch.mul(Gr, w.unsqueeze(-1), out=buf))
-        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6  # keeps H positive definite when reg = 0
-        return H + torch.diag(qdiag_s + jitter) + (jitter * H.diagonal(dim1=1, dim2=2).amax(1))[:, None, None] * eye
+        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6
+        diag = H.diagonal(dim1=1, dim2=2)
+        diag += jitter * diag.amax(1, keepdim=True) + (qdiag_s + jitter)
+        return H
 
     def step_to_boundary(x, dx):  # largest step in (0, 1] keeping x + a dx >= 0 (dx >= 0: no limit)
         return (x / (-dx).clamp(min=torch.finfo(x.dtype).tiny)).amin(1, keepdim=True).clamp(max=1.0)
 
-    eye = torch.eye(n, dtype=torch.float32, device=dev)
     for it in range(max_iters):
         if it == screen_iters or (it < screen_iters and bool(((s * lam).mean(1) < 1e-7 * scale_s[:, 0]).any())):
             # on in float64 on each sample's `keep` rows that look binding (and always eps >= 0)
             score = (lam / s).index_fill_(1, torch.tensor([m], device=dev), torch.inf)
             rows = score.topk(min(keep, m) + 1, 1, sorted=False).indices  # [b, p]
             s, lam = s.gather(1, rows).to(dt), lam.gather(1, rows).to(dt)
-            Gs, Gst, hs, Gr = G, G.T.contiguous(), h64[live].gather(1, rows), nn.functional.embedding(rows, G)
-            z, scale_s, qdiag_s, unit_s, eye = z.to(dt), scale.to(dt)[live], qdiag, unit, eye.to(dt)
+            Gs, Gst, hs, Gr = G, G.T.contiguous(), h64.gather(1, rows), nn.functional.embedding(rows, G)
+            z, scale_s, qdiag_s, unit_s = z.to(dt), scale, qdiag, unit  # (no sample has left yet)
             buf = torch.empty_like(Gr)
         rd = z * qdiag_s + unit_s - rows_t_times(lam)  # dual residual [b, n]
         rp = rows_times(z) - s - hs  # primal residual [b, p]
         mu = (s * lam).mean(1, keepdim=True)
+        rd_max = rd.abs().amax(1, keepdim=True)
         if rows is not None:
-            done = ((mu < tol * scale_s) & (rp.abs().amax(1, keepdim=True) < 1e-9 * scale_s)
-                    & (rd.abs().amax(1, keepdim=True) < 1e-9 * scale_s)).squeeze(1)
+            done = ((mu < tol * scale_s) & (torch.maximum(rp.abs().amax(1, keepdim=True), rd_max) < 3e-8 * scale_s))
+            done = done.squeeze(1)
             if bool(done.any()):  # converged samples leave the batch
                 z_out[live[done]] = z[done]
                 stay = ~done
@@ -274,24 +276,29 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
                     break
                 live, rows, Gr, hs, scale_s = live[stay], rows[stay], Gr[stay], hs[stay], scale_s[stay]
                 buf = buf[: len(live)]
-                z, s, lam = z[stay], s[stay], lam[stay]
-                rd, rp, mu = rd[stay], rp[stay], mu[stay]
-        L, info = torch.linalg.cholesky_ex(normal_matrix(lam / s))
+                z, s, lam, rd, rp, mu, rd_max = z[stay], s[stay], lam[stay], rd[stay], rp[stay], mu[stay], rd_max[stay]
+        w = lam / s
+        L, info = torch.linalg.cholesky_ex(normal_matrix(w))
+        failed = info != 0  # such a sample stays put this step (a unit factor keeps its numbers finite)
+        if bool(failed.any()):
+            L[failed] = torch.eye(n, dtype=L.dtype, device=dev)
 
-        def newton(rc):  # reduced KKT system, rc the complementarity target
-            dz = torch.cholesky_solve((-rd + rows_t_times((rc - lam * rp) / s)).unsqueeze(-1), L).squeeze(-1)
+        def newton(r):  # reduced KKT system for the complementarity target r * s
+            rhs = rows_t_times(torch.addcmul(r, w, rp, value=-1.0)) - rd
+            dz = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
             ds = rows_times(dz) + rp
-            return dz, ds, (rc - lam * ds) / s
+            return dz, ds, torch.addcmul(r, w, ds, value=-1.0)
 
-        dz, ds, dl = newton(-s * lam)  # predictor
-        a = torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
-        sigma = (((s + a * ds) * (lam + a * dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
+        dz, ds, dl = newton(-lam)  # predictor (affine scaling)
+        a = step_to_boundary(torch.cat([s, lam], 1), torch.cat([ds, dl], 1))
+        sigma = ((torch.addcmul(s, a, ds) * torch.addcmul(lam, a, dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
         # but stay central while the dual residual lags: past that, ill-conditioned steps stall it
-        sigma = torch.maximum(sigma, (1e-3 * rd.abs().amax(1, keepdim=True) / mu).clamp(max=0.5))
-        dz, ds, dl = newton(-s * lam + sigma * mu - ds * dl)  # corrector
-        a = 0.99 * torch.minimum(step_to_boundary(s, ds), step_to_boundary(lam, dl))
-        a = torch.where((info != 0).unsqueeze(-1) | ~torch.isfinite(dz).all(1, keepdim=True), 0.0, a)
-        z, s, lam = z + a * torch.nan_to_num(dz), s + a * torch.nan_to_num(ds), lam + a * torch.nan_to_num(dl)
+        sigma = torch.maximum(sigma, (1e-3 * rd_max / mu).clamp(max=0.5))
+        dz, ds, dl = newton((sigma * mu - ds * dl) / s - lam)  # corrector
+        a = 0.99 * step_to_boundary(torch.cat([s, lam], 1), torch.cat([ds, dl], 1))
+        if bool(failed.any()):
+            a = a.masked_fill(failed.unsqueeze(-1), 0.0)
+        z, s, lam = torch.addcmul(z, a, dz), torch.addcmul(s, a, ds), torch.addcmul(lam, a, dl)
     else:  # out of iterations: the rest as they stand
         z_out[live] = z.to(dt)
     return z_out
