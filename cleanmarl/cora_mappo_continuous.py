@@ -447,54 +447,63 @@ class QNet(nn.Module):
         return self.head(self.state_in(state) + self.action_in(actions.flatten(-2))).squeeze(-1)
 
 
-def mc_coalition_q(q, state, actions, mc_actions, coalitions, chunk_rows=8192):
-    """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_{-C}) for every sample and
-    coalition, batched over all of them.
+def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk=32, rows_per_block=4096):
+    """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q_j(s, a_C, a^k_{-C}) for each critic Q_j in
+    `qs`, every sample and every coalition, batched over all of them.
     state [B, S], actions [B, n, D] (taken), mc_actions [B, K, n, D] (from the current policies),
-    coalitions [m, n] bool -> [B, m].
-    The first layer is h1[b, k, c] = base[b] + sum_i (e_taken[b, i] if i in C else e_mc[b, k, i]).
-    Split the agents into two halves: each half's sum takes one of 2^(n/2) values per (b, k), so
-    h1 for every coalition is the sum of one row of each half's table. The rest of the critic
-    runs on chunks of about `chunk_rows` (sample, draw, coalition) rows that stay in the CPU cache.
-    tanh(z) = 2 sigmoid(2z) - 1, with the factors folded into the (small) tables and weights: the
-    same function, but sigmoid costs a sixth of tanh on the CPU, and the activations of
-    B * m * K rows are most of this pass."""
+    coalitions [m, n] bool -> [len(qs), B, m]. Three savings, all exact:
+    - one critic evaluation per distinct joint action: with draw k, coalition C's joint action
+      differs from the drawn one only at the agents of C whose draw is not their taken action
+      (D_k), so coalitions with the same C & D_k share one row (with continuous actions a draw
+      almost never repeats the taken action, so this saves nothing here; kept as in the discrete script);
+    - the first layer by tables: h1 = base + sum_i (e_i[taken] if i in C else e_i[drawn]); split the
+      agents into two halves: each half's sum takes one of 2^(n/2) values per draw, so h1 for a row
+      is the sum of one row of each half's table;
+    - tanh(z) = 2 sigmoid(2z) - 1, the factors folded into the (small) tables and weights: the same
+      function, but sigmoid costs a sixth of tanh on the CPU, and the activations are most of this pass.
+    Samples go in chunks and rows through the critic in blocks that stay in the CPU cache."""
     B, K, n = mc_actions.shape[:3]
     m, dt, dev = coalitions.shape[0], state.dtype, state.device
-    H = q.action_in.out_features
+    H = qs[0].action_in.out_features
     lo_n = n // 2
-    bits = coalitions.long()
-    code_lo = (bits[:, :lo_n] << torch.arange(lo_n, device=dev)).sum(1)  # [m]: the coalition's low half
-    code_hi = (bits[:, lo_n:] << torch.arange(n - lo_n, device=dev)).sum(1)
+    pow2 = 1 << torch.arange(n, device=dev)
+    code = (coalitions.long() * pow2).sum(1)  # [m]: each coalition as a bit mask
 
     def subsets(k):  # every subset of k agents as 0/1 rows [2^k, k]
         return ((torch.arange(2**k, device=dev)[:, None] >> torch.arange(k, device=dev)) & 1).to(dt)
 
     S_lo, S_hi = subsets(lo_n), subsets(n - lo_n)
-    # each coalition's two table rows, as a 0/1 matrix [m, 2^lo_n + 2^hi_n] (a GEMM gathers faster
-    # than indexing); its entries are 2, not 1, for the 2 z1 of the sigmoid form below
-    pick = torch.zeros(m, len(S_lo) + len(S_hi), dtype=dt, device=dev)
-    pick[torch.arange(m, device=dev), code_lo] = 2.0
-    pick[torch.arange(m, device=dev), len(S_lo) + code_hi] = 2.0
-    base = q.state_in(state) + q.action_in.bias  # [B, H]
-    lin2, lin3 = q.head[1], q.head[3]
-    # with u = sigmoid(2 z): h = 2u - 1, so 2 z2 = 4 W2 u1 + 2 (b2 - W2 1) and Q = 2 w3.u2 + b3 - w3.1
-    w2, b2 = 4.0 * lin2.weight.T, 2.0 * (lin2.bias - lin2.weight.sum(1))
-    w3, b3 = 2.0 * lin3.weight[0], lin3.bias - lin3.weight[0].sum()
-    out = torch.empty(B, m, dtype=dt, device=dev)
-    step = max(1, chunk_rows // (m * K))
-    for lo in range(0, B, step):  # cache-sized chunks of the batch, not per-sample work
-        sl = slice(lo, lo + step)
-        e_taken = q.agent_terms(actions[sl])  # [b, n, H]
-        e_mc = q.agent_terms(mc_actions[sl])  # [b, K, n, H]
-        swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
-        t_lo = (base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
-                + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n]))  # [b, K, 2^lo_n, H]
-        t_hi = e_mc[:, :, lo_n:].sum(2, keepdim=True) + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])
-        tables = torch.cat([t_lo, t_hi], 2).permute(2, 0, 1, 3).flatten(1)  # [2^lo_n + 2^hi_n, b K H]
-        u = (pick @ tables).view(-1, H).sigmoid_()  # sigmoid(2 z1), rows ordered (coalition, b, k) [m b K, H]
-        u = torch.addmm(b2, u, w2).sigmoid_()
-        out[sl] = ((u @ w3).view(m, -1, K).mean(2) + b3).T
+    critics = []
+    for q in qs:  # with u = sigmoid(2 z): h = 2u - 1, so 2 z2 = 4 W2 u1 + 2 (b2 - W2 1) and Q = 2 w3.u2 + b3 - w3.1
+        lin2, lin3 = q.head[1], q.head[3]
+        critics.append((q, 2.0 * (q.state_in(state) + q.action_in.bias), 4.0 * lin2.weight.T,
+                        2.0 * (lin2.bias - lin2.weight.sum(1)), 2.0 * lin3.weight[0], lin3.bias - lin3.weight[0].sum()))
+    out = torch.empty(len(qs), B, m, dtype=dt, device=dev)
+    for lo in range(0, B, samples_per_chunk):  # chunks of the batch, not per-sample work
+        sl = slice(lo, lo + samples_per_chunk)
+        bK = mc_actions[sl].shape[0] * K
+        differ = ((mc_actions[sl] != actions[sl, None]).any(-1).long() * pow2).sum(-1).view(bK, 1)  # D_k as bit masks
+        keys = (torch.arange(bK, device=dev).view(bK, 1) << n) + (code & differ)  # [bK, m]: (draw, C & D_k)
+        present = torch.zeros(bK << n, dtype=torch.bool, device=dev)
+        present[keys.flatten()] = True
+        rows = present.nonzero().squeeze(1)  # [R]: the distinct (draw, C & D_k)
+        row_of_key = (present.cumsum(0) - 1)[keys]  # [bK, m]
+        low = (rows >> n << lo_n) + (rows & (1 << lo_n) - 1)  # each row's row in the low half's table
+        high = (rows >> n << n - lo_n) + (rows >> lo_n & (1 << n - lo_n) - 1)
+        for j, (q, base, w2, b2, w3, b3) in enumerate(critics):
+            e_taken = 2.0 * q.agent_terms(actions[sl])  # [b, n, H], doubled for the sigmoid form
+            e_mc = 2.0 * q.agent_terms(mc_actions[sl])  # [b, K, n, H]
+            swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
+            t_lo = (base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
+                    + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n])).reshape(-1, H)  # [b K 2^lo_n, H]
+            t_hi = (e_mc[:, :, lo_n:].sum(2, keepdim=True)
+                    + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])).reshape(-1, H)
+            vals = torch.empty(len(rows), dtype=dt, device=dev)
+            for r in range(0, len(rows), rows_per_block):
+                blk = slice(r, r + rows_per_block)
+                u = torch.add(t_lo.index_select(0, low[blk]), t_hi.index_select(0, high[blk])).sigmoid_()
+                vals[blk] = torch.addmm(b2, u, w2).sigmoid_() @ w3
+            out[j, sl] = vals[row_of_key].view(-1, K, m).mean(1) + b3
     return out
 
 
@@ -511,7 +520,7 @@ class TwinQ(nn.Module):
     def coalition_q(self, state, actions, policy, coalitions, mc_samples):
         """min_j (1/K) sum_k Q_j(s, a_C, a^k_-C): [B, m], a^k drawn from the policy (over [B, n])."""
         mc_actions = policy.sample((mc_samples,)).transpose(0, 1)  # [B, K, n, D]
-        return torch.minimum(*(mc_coalition_q(q, state, actions, mc_actions, coalitions) for q in self.qs))
+        return mc_coalition_q(self.qs, state, actions, mc_actions, coalitions).amin(0)
 
 
 class QuadraticQ(nn.Module):

@@ -187,15 +187,17 @@ def test_monte_carlo_coalition_values_converge():
         torch.manual_seed(1)
         mc_actions = torch.distributions.Categorical(probs=probs.unsqueeze(1).expand(-1, K, -1, -1)).sample()
         with torch.no_grad():
-            errors.append((mc_coalition_q(q, state, actions, mc_actions, coalitions) - exact).abs().mean().item())
+            errors.append((mc_coalition_q([q], state, actions, mc_actions, coalitions)[0] - exact).abs().mean().item())
     assert errors[2] < errors[1] < errors[0]
     assert errors[2] < 0.02 * exact.abs().mean().item()
 
 
-@pytest.mark.parametrize("continuous", [False, True])
-def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuous):
-    """The batched pass (half-agent tables, sigmoid form of tanh, chunks) is exactly
-    (1/K) sum_k Q(s, a_C, a^k_-C) evaluated by the critic's own forward, for every coalition."""
+@pytest.mark.parametrize("continuous,repeats", [(False, False), (False, True), (True, False), (True, True)])
+def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuous, repeats):
+    """The batched pass (distinct joint actions only, half-agent tables, sigmoid form of tanh,
+    chunks and blocks) is exactly (1/K) sum_k Q(s, a_C, a^k_-C) evaluated by the critic's own
+    forward, for every coalition; with `repeats`, most draws repeat the taken actions, so most
+    coalitions share their rows."""
     import cleanmarl.cora_mappo_continuous as cont
 
     n, S, B, K, A, D = 5, 4, 7, 3, 4, 2
@@ -209,12 +211,15 @@ def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuou
         q = QNet(S, n, A, hidden=16).double()
         actions, mc_actions = torch.randint(0, A, (B, n)), torch.randint(0, A, (B, K, n))
         fn = mc_coalition_q
+    if repeats:
+        repeat = (torch.rand(B, K, n) < 0.7).view(B, K, n, *([1] if continuous else []))
+        mc_actions = torch.where(repeat, actions[:, None], mc_actions)
     coalitions = all_coalitions(n)
     inside = coalitions.view(1, 1, -1, n, *([1] if continuous else []))  # [1, 1, m, n(, 1)]
     joint = torch.where(inside, actions[:, None, None], mc_actions[:, :, None])  # [B, K, m, n(, D)]
     with torch.no_grad():
         direct = q(state[:, None, None].expand(-1, K, len(coalitions), -1), joint).mean(1)  # [B, m]
-        batched = fn(q, state, actions, mc_actions, coalitions, chunk_rows=40)  # several chunks
+        batched = fn([q], state, actions, mc_actions, coalitions, samples_per_chunk=3, rows_per_block=40)[0]  # several chunks, blocks
     torch.testing.assert_close(batched, direct, rtol=0, atol=1e-10)
 
 
