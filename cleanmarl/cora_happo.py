@@ -552,6 +552,7 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
         critics.append((q, 2.0 * (q.state_in(state) + q.action_in.bias), 4.0 * lin2.weight.T,
                         2.0 * (lin2.bias - lin2.weight.sum(1)), 2.0 * lin3.weight[0], lin3.bias - lin3.weight[0].sum()))
     out = torch.empty(len(qs), B, m, dtype=dt, device=dev)
+    samples_per_chunk = max(1, min(samples_per_chunk, 2**20 // (K << n)))  # a flag per (draw, C & D_k): <= 1 MB
     for lo in range(0, B, samples_per_chunk):  # chunks of the batch, not per-sample work
         sl = slice(lo, lo + samples_per_chunk)
         bK = mc_actions[sl].shape[0] * K
@@ -871,11 +872,13 @@ if __name__ == "__main__":
                 t2 = time.perf_counter()
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:
-                    k = min(args.violation_samples, args.batch_size)
-                    full_adv = coalition_adv_of(b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]),
-                                                every_coalition)
-                    covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
-                    violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
+                    # a diagnostic: its Monte-Carlo draws must not move the training's random stream
+                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                        k = min(args.violation_samples, args.batch_size)
+                        full_adv = coalition_adv_of(b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]),
+                                                    every_coalition)
+                        covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
+                        violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
             perm = torch.randperm(n).tolist()  # a fresh agent order at every update
             factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_active,
                                                      b_actions, b_logprobs, b_alloc, args)

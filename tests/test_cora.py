@@ -311,3 +311,16 @@ def test_cora_learns_the_stag_hunt(tmp_path):
     assert r.returncode == 0, r.stderr
     result = json.loads((only_run_dir(tmp_path) / "eval.json").read_text())
     assert result["eval_return_mean"] == pytest.approx(result["optimal_return"]) == pytest.approx(10.0)
+
+
+def test_the_violation_diagnostic_leaves_training_unchanged(tmp_path):
+    """core/violation_ratio draws its own Monte-Carlo samples; the training must not see them."""
+    losses = []
+    for samples in ("0", "64"):
+        cwd = tmp_path / samples
+        cwd.mkdir()
+        r = test_scripts.run(CORA, "--env-id", "matrix:team", "--total-timesteps", "400", "--num-envs", "4",
+                             "--num-steps", "50", "--update-epochs", "2", "--violation-samples", samples, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        losses.append(test_scripts.scalars(test_scripts.only_run_dir(cwd), "losses/policy_loss"))
+    assert len(losses[0]) == 2 and losses[0] == losses[1]
