@@ -143,8 +143,8 @@ class Args:
     """Eq. (24) solver: "ipm" batched interior point on working sets of rows; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
-    violation_samples: int = 256
-    """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12)"""
+    violation_samples: int = 64
+    """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one"""
 
     # to be filled in at runtime
     batch_size: int = 0

@@ -50,14 +50,16 @@ def qp_timing(n=8, B=6400, reg=1e-2, osqp_samples=200):
     rows = np.r_[np.r_[np.ones(n), 0.0][None], np.c_[C.double().numpy(), np.ones(m)], np.r_[np.zeros(n), 1.0][None]]
     sense = np.zeros(m + 2, dtype=np.int32)
     sense[0] = 5  # the efficiency row is an equality
-    start, err = time.perf_counter(), 0.0
-    for b in range(B):  # the per-sample loop is the contender
-        f = np.r_[np.full(n, -2 * reg * AN[b].item() / n), 1.0]
-        x, _, flag, _ = daqp.solve(H, f, rows, np.r_[AN[b].item(), np.full(m + 1, 1e30)],
-                                   np.r_[AN[b].item(), v[b].numpy(), 0.0], sense)
-        assert flag == 1
-        err = max(err, float(np.abs(x[:n] - alloc[b].numpy()).max()))
-    t_daqp = time.perf_counter() - start
+    t_daqp, err = float("inf"), 0.0
+    for _ in range(2):  # best of 2, as for ours
+        start = time.perf_counter()
+        for b in range(B):  # the per-sample loop is the contender
+            f = np.r_[np.full(n, -2 * reg * AN[b].item() / n), 1.0]
+            x, _, flag, _ = daqp.solve(H, f, rows, np.r_[AN[b].item(), np.full(m + 1, 1e30)],
+                                       np.r_[AN[b].item(), v[b].numpy(), 0.0], sense)
+            assert flag == 1
+            err = max(err, float(np.abs(x[:n] - alloc[b].numpy()).max()))
+        t_daqp = min(t_daqp, time.perf_counter() - start)
     start = time.perf_counter()
     core_allocation_osqp(C, v[:osqp_samples], AN[:osqp_samples], reg)
     t_osqp = (time.perf_counter() - start) * B / osqp_samples

@@ -89,6 +89,46 @@ def test_zero_reg_gives_the_lp_least_core_value(n):
     np.testing.assert_allclose(eps.numpy(), lp, atol=1e-6)
 
 
+def _matches_daqp(coalitions, v, AN, reg, atol):
+    alloc, eps = core_allocation(coalitions, v, AN, reg)
+    M = coalitions.numpy()
+    worst = max(np.abs(alloc[b].numpy() - solve_daqp(M, v[b].numpy(), AN[b].item(), reg)[0]).max() for b in range(len(v)))
+    assert worst <= atol, worst
+    covered = alloc @ coalitions.double().T
+    assert (covered >= v - eps[:, None] - 1e-9).all()
+
+
+@pytest.mark.parametrize("magnitude", [1e-2, 1.0, 1e3])
+def test_core_allocation_on_near_additive_games_with_ties(magnitude):
+    """Coalition advantages as a trained critic gives them: nearly additive, many exact ties
+    (values rounded to a coarse grid), so many constraints bind at once (degenerate QPs)."""
+    n, B = 8, 150
+    gen = torch.Generator().manual_seed(5)
+    coalitions = sample_coalitions(n, 2 ** (n - 1) - 1, gen)
+    share = torch.randn(B, n, generator=gen, dtype=torch.float64)
+    v = share @ coalitions.double().T + 0.3 * torch.randn(B, len(coalitions), generator=gen, dtype=torch.float64)
+    v = (v * 4).round() / 4 * magnitude  # ties
+    AN = (share.sum(1) + 0.5 * torch.randn(B, generator=gen, dtype=torch.float64)) * magnitude
+    _matches_daqp(coalitions, v, AN, 1e-2, atol=1e-4 * max(1.0, magnitude))
+
+
+def test_core_allocation_with_tiny_working_sets_needs_rounds_and_stays_exact():
+    """work_rows = 2 makes most samples miss binding rows: they go round again on larger sets."""
+    coalitions, v, AN = random_problem(7, 60, seed=3)
+    alloc, _ = core_allocation(coalitions, v, AN, 1e-2, work_rows=2)
+    M = coalitions.numpy()
+    for b in range(len(v)):
+        assert np.abs(alloc[b].numpy() - solve_daqp(M, v[b].numpy(), AN[b].item(), 1e-2)[0]).max() <= 1e-4
+
+
+def test_samples_without_a_demanding_coalition_take_the_equal_split():
+    coalitions, v, AN = random_problem(5, 20, seed=4)
+    v = coalitions.double().sum(1) * AN[:, None] / 5 - v.abs() - 0.1  # every h < 0
+    alloc, eps = core_allocation(coalitions, v, AN, 1e-2)
+    torch.testing.assert_close(alloc, AN[:, None].expand(-1, 5) / 5)
+    assert (eps == 0).all()
+
+
 def test_table_iii_example_2():
     """Two agents: A_{1}(a_1) = 5, A_{2}(a_2) = -5, A_N = -5. Sharing gives both -5; the core
     keeps agent 1's promising action: the least core is (2.5, -7.5) with eps = 2.5."""
