@@ -198,7 +198,7 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, c
     z = torch.zeros(B, n, dtype=dt, device=dev)
     todo = (h.amax(1) > 0).nonzero().squeeze(1)  # the others keep z = 0
     for k in range(step, m + step, step):
-        for part in todo.split(chunk):  # cache-sized chunks of samples: faster than one big batch
+        for part in todo.tensor_split(max(1, round(len(todo) / chunk))):  # ~cache-sized chunks: faster than one batch
             z[part] = _ipm(G, h[part], scale[part], reg, keep=min(k, m))
         bad = (h[todo] - z[todo] @ G.T).amax(1) > 1e-7 * scale[todo, 0]  # a row violated
         todo = todo[bad]
