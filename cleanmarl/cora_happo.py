@@ -243,9 +243,11 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
     def rows_times(x):  # G[rows] x: [b, n] -> [b, p]
         return x @ Gst if rows is None else (x @ Gst).gather(1, rows)
 
-    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n] (as a reduction: faster than a batched matmul;
-        if rows is None:  # into a reused buffer: fresh 10 MB ones cost page faults)
+    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n]
+        if rows is None:
             return w @ Gs
+        # a product and a sum beat a batched matmul here; the product goes into a reused buffer
+        # (fresh ones of this size cost page faults on every call)
         return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)
 
     def normal_matrix(w):  # G[rows]^T diag(w) G[rows] + Q, plus a relative jitter (PD when reg = 0): [b, n, n]
