@@ -142,11 +142,15 @@ def test_mappo_reaches_the_optimum_of_the_penalty_game(tmp_path):
 
 def test_ctrl_c_keeps_logs_and_checkpoint(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    # a runner started in the background (`cmd &`) passes SIGINT on as ignored; restore the default
-    # in the child, as in a terminal, so that Ctrl-C reaches the script
-    proc = subprocess.Popen([sys.executable, str(MAPPO), "--env-id", "matrix:team", "--total-timesteps", "10000000",
-                             "--save-model"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a runner started in the background (`cmd &`) passes SIGINT on as ignored: start the child with
+    # the default disposition, as from a terminal, so that Ctrl-C reaches the script
+    previous = signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        proc = subprocess.Popen([sys.executable, str(MAPPO), "--env-id", "matrix:team", "--total-timesteps",
+                                 "10000000", "--save-model"], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         assert proc.stdout.readline().startswith("iter 1/")  # training has started and logged
         proc.send_signal(signal.SIGINT)
