@@ -530,7 +530,7 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
       almost never repeats the taken action, so this saves nothing here; kept as in the discrete script);
     - the first layer by tables: h1 = base + sum_i (e_i[taken] if i in C else e_i[drawn]); split the
       agents into two halves: each half's sum takes one of 2^(n/2) values per draw, so h1 for a row
-      is the sum of one row of each half's table;
+      is the sum of one row of each half's table (an embedding bag of two rows);
     - tanh(z) = 2 sigmoid(2z) - 1, the factors folded into the (small) tables and weights: the same
       function, but sigmoid costs a sixth of tanh on the CPU, and the activations are most of this pass.
     Samples go in chunks and rows through the critic in blocks that stay in the CPU cache."""
@@ -563,6 +563,7 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
         row_of_key = (present.cumsum(0) - 1)[keys]  # [bK, m]
         low = (rows >> n << lo_n) + (rows & (1 << lo_n) - 1)  # each row's row in the low half's table
         high = (rows >> n << n - lo_n) + (rows >> lo_n & (1 << n - lo_n) - 1)
+        pair = torch.stack([low, high + (bK << lo_n)], 1)  # [R, 2]: both rows in the tables stacked
         for j, (q, base, w2, b2, w3, b3) in enumerate(critics):
             e_taken = 2.0 * q.agent_terms(actions[sl])  # [b, n, H], doubled for the sigmoid form
             e_mc = 2.0 * q.agent_terms(mc_actions[sl])  # [b, K, n, H]
@@ -571,11 +572,12 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
                     + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n])).reshape(-1, H)  # [b K 2^lo_n, H]
             t_hi = (e_mc[:, :, lo_n:].sum(2, keepdim=True)
                     + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])).reshape(-1, H)
+            tables = torch.cat([t_lo, t_hi])
             vals = torch.empty(len(rows), dtype=dt, device=dev)
             for r in range(0, len(rows), rows_per_block):
                 blk = slice(r, r + rows_per_block)
-                u = torch.add(t_lo.index_select(0, low[blk]), t_hi.index_select(0, high[blk])).sigmoid_()
-                vals[blk] = torch.addmm(b2, u, w2).sigmoid_() @ w3
+                u = nn.functional.embedding_bag(pair[blk], tables, mode="sum").sigmoid_()  # a fused gather-add
+                torch.mv(torch.addmm(b2, u, w2).sigmoid_(), w3, out=vals[blk])
             out[j, sl] = vals[row_of_key].view(-1, K, m).mean(1) + b3
     return out
 
