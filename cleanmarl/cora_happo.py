@@ -547,7 +547,9 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
     def subsets(k):  # every subset of k agents as 0/1 rows [2^k, k]
         return ((torch.arange(2**k, device=dev)[:, None] >> torch.arange(k, device=dev)) & 1).to(dt)
 
-    S_lo, S_hi = subsets(lo_n), subsets(n - lo_n)
+    # both halves' subsets as one block-diagonal 0/1 matrix [2^lo_n + 2^hi_n, n]
+    S = torch.block_diag(subsets(lo_n), subsets(n - lo_n))
+    n_lo = 1 << lo_n
     critics = []
     for q in qs:  # with u = sigmoid(2 z): h = 2u - 1, so 2 z2 = 4 W2 u1 + 2 (b2 - W2 1) and Q = 2 w3.u2 + b3 - w3.1
         lin2, lin3 = q.head[1], q.head[3]
@@ -564,18 +566,20 @@ def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk
         present[keys.flatten()] = True
         rows = present.nonzero().squeeze(1)  # [R]: the distinct (draw, C & D_k)
         row_of_key = (present.cumsum(0) - 1)[keys]  # [bK, m]
-        low = (rows >> n << lo_n) + (rows & (1 << lo_n) - 1)  # each row's row in the low half's table
-        high = (rows >> n << n - lo_n) + (rows >> lo_n & (1 << n - lo_n) - 1)
-        pair = torch.stack([low, high + (bK << lo_n)], 1)  # [R, 2]: both rows in the tables stacked
+        draw, key = rows >> n, rows & (1 << n) - 1
+        # each row's two table rows: its low half's subset, then its high half's, of its draw
+        pair = torch.stack([key & n_lo - 1, n_lo + (key >> lo_n)], 1) + draw.unsqueeze(1) * len(S)  # [R, 2]
         for j, (q, base, w2, b2, w3, b3) in enumerate(critics):
             e_taken = 2.0 * q.agent_terms(actions[sl])  # [b, n, H], doubled for the sigmoid form
             e_mc = 2.0 * q.agent_terms(mc_actions[sl])  # [b, K, n, H]
             swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
-            t_lo = (base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
-                    + torch.einsum("si,bkih->bksh", S_lo, swap[:, :, :lo_n])).reshape(-1, H)  # [b K 2^lo_n, H]
-            t_hi = (e_mc[:, :, lo_n:].sum(2, keepdim=True)
-                    + torch.einsum("si,bkih->bksh", S_hi, swap[:, :, lo_n:])).reshape(-1, H)
-            tables = torch.cat([t_lo, t_hi])
+            # per (sample, draw): for every subset of each half, the sum over that half of the
+            # taken embedding inside the subset and the drawn one outside; the state term goes
+            # with the low half
+            tables = torch.matmul(S, swap)  # [b, K, 2^lo_n + 2^hi_n, H]
+            tables[:, :, :n_lo] += base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
+            tables[:, :, n_lo:] += e_mc[:, :, lo_n:].sum(2, keepdim=True)
+            tables = tables.view(-1, H)
             vals = torch.empty(len(rows), dtype=dt, device=dev)
             for r in range(0, len(rows), rows_per_block):
                 blk = slice(r, r + rows_per_block)
