@@ -192,7 +192,7 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, c
     Z = torch.linalg.qr(torch.eye(n, dtype=dt, device=dev) - 1.0 / n)[0][:, : n - 1]  # [n, n-1], 1^T Z = 0
     G = torch.cat([M @ Z, torch.ones(m, 1, dtype=dt, device=dev)], 1)  # [m, n]: rows (M_c Z, 1)
     h = v - M.sum(-1) * AN[:, None] / n  # [B, m]
-    scale = h.abs().amax(1, keepdim=True).clamp(min=1.0)  # [B, 1], for relative tolerances
+    scale = h.abs().amax(1, keepdim=True).clamp(min=1e-6)  # [B, 1], for relative tolerances
     # reg = 0 is an LP whose working-set subproblems can be unbounded: solve it on every row
     step = min(m, work_rows or 3 * n) if reg > 0 else m
     z = torch.zeros(B, n, dtype=dt, device=dev)
@@ -209,15 +209,15 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, c
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
 
 
-def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
+def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-12, screen_iters=3, f32_iters=6):
     """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples:
     min eps + reg |y|^2 over z = (y, eps) s.t. G z >= h and eps >= 0, for the shared G [m, n] and
     each sample's h [B, m] (scale [B, 1] its size). -> z [B, n].
-    The first `screen_iters` steps run in float32 on all rows, from an interior point; then each
-    sample keeps only the `keep` rows with the largest multiplier-to-slack ratio (the ones heading
-    to bind), and the rest of the steps run in float64 on those: a few batched products with the
-    samples' [keep + 1, n] row blocks, elementwise work on [B, keep + 1] and a batched n x n
-    Cholesky. Converged samples leave the batch, so the slowest do not keep it iterating. The
+    The first `screen_iters` steps run on all rows, from an interior point; then each sample keeps
+    only the `keep` rows with the largest multiplier-to-slack ratio (the ones heading to bind), and
+    the rest of the steps run on those: a few batched products with the samples' [keep + 1, n] row
+    blocks, elementwise work on [B, keep + 1] and a batched n x n Cholesky. The first `f32_iters`
+    steps run in float32 (or fewer, until a sample nears float32's resolution), the rest in float64. Converged samples leave the batch, so the slowest do not keep it iterating. The
     caller checks the answer against all rows (a binding row may have been dropped)."""
     B, m = h.shape
     n = G.shape[1]
@@ -263,20 +263,26 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
     def step_to_boundary(x, dx):  # largest step in (0, 1] keeping x + a dx >= 0 (dx >= 0: no limit)
         return (x / (-dx).clamp(min=torch.finfo(x.dtype).tiny)).amin(1, keepdim=True).clamp(max=1.0)
 
+    rp = torch.zeros_like(s)  # primal residual G z - s - h [b, p]: 0 at the start (float32 rounding aside)
     for it in range(max_iters):
-        if it == screen_iters or (it < screen_iters and bool(((s * lam).mean(1) < 1e-7 * scale_s[:, 0]).any())):
-            # on in float64 on each sample's `keep` rows that look binding (and always eps >= 0)
-            score = (lam / s).index_fill_(1, torch.tensor([m], device=dev), torch.inf)
+        # float32 until a sample nears its resolution
+        near = Gs.dtype != dt and bool(((s * lam).mean(1) < 1e-7 * scale_s[:, 0]).any())
+        if rows is None and (it == screen_iters or near):  # on with each sample's `keep` rows that look binding
+            score = (lam / s).index_fill_(1, torch.tensor([m], device=dev), torch.inf)  # (and always eps >= 0)
             rows = score.topk(min(keep, m) + 1, 1, sorted=False).indices  # [b, p]
-            s, lam = s.gather(1, rows).to(dt), lam.gather(1, rows).to(dt)
+            s, lam, rp = s.gather(1, rows), lam.gather(1, rows), rp.gather(1, rows)
+            Gst, hs, Gr = Gs.T.contiguous(), hs.gather(1, rows), nn.functional.embedding(rows, Gs)
+            buf = torch.empty_like(Gr)
+        if Gs.dtype != dt and rows is not None and (it == f32_iters or near):  # on in float64
+            s, lam = s.to(dt), lam.to(dt)
             Gs, Gst, hs, Gr = G, G.T.contiguous(), h64.gather(1, rows), nn.functional.embedding(rows, G)
             z, scale_s, qdiag_s, unit_s = z.to(dt), scale, qdiag, unit  # (no sample has left yet)
             buf = torch.empty_like(Gr)
+            rp = rows_times(z) - s - hs  # in float64, once: a step of length a then scales it by 1 - a
         rd = z * qdiag_s + unit_s - rows_t_times(lam)  # dual residual [b, n]
-        rp = rows_times(z) - s - hs  # primal residual [b, p]
         mu = (s * lam).mean(1, keepdim=True)
         rd_max = rd.abs().amax(1, keepdim=True)
-        if rows is not None:
+        if Gs.dtype == dt:
             done = ((mu < tol * scale_s) & (torch.maximum(rp.abs().amax(1, keepdim=True), rd_max) < 3e-8 * scale_s))
             done = done.squeeze(1)
             if bool(done.any()):  # converged samples leave the batch
@@ -309,6 +315,7 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-13, screen_iters=3):
         if bool(failed.any()):
             a = a.masked_fill(failed.unsqueeze(-1), 0.0)
         z, s, lam = torch.addcmul(z, a, dz), torch.addcmul(s, a, ds), torch.addcmul(lam, a, dl)
+        rp = rp * (1.0 - a)  # (G dz - ds = -rp by construction of ds)
     else:  # out of iterations: the rest as they stand
         z_out[live] = z.to(dt)
     return z_out
