@@ -205,7 +205,8 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-12, screen_iters=3, f32_it
     only the `keep` rows with the largest multiplier-to-slack ratio (the ones heading to bind), and
     the rest of the steps run on those: a few batched products with the samples' [keep + 1, n] row
     blocks, elementwise work on [B, keep + 1] and a batched n x n Cholesky. The first `f32_iters`
-    steps run in float32 (or fewer, until a sample nears float32's resolution), the rest in float64. Converged samples leave the batch, so the slowest do not keep it iterating. The
+    steps run in float32 (or fewer, until a sample nears float32's resolution), the rest in
+    float64. Converged samples leave the batch, so the slowest do not keep it iterating. The
     caller checks the answer against all rows (a binding row may have been dropped)."""
     B, m = h.shape
     n = G.shape[1]
