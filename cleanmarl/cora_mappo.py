@@ -206,8 +206,12 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-12, screen_iters=3, f32_it
     the rest of the steps run on those: a few batched products with the samples' [keep + 1, n] row
     blocks, elementwise work on [B, keep + 1] and a batched n x n Cholesky. The first `f32_iters`
     steps run in float32 (or fewer, until a sample nears float32's resolution), the rest in
-    float64. Converged samples leave the batch, so the slowest do not keep it iterating. The
-    caller checks the answer against all rows (a binding row may have been dropped)."""
+    float64. From step `cross_iters` on, each step also tries a crossover: the rows whose
+    multiplier exceeds a tenth of their slack are solved as equalities (a few multiplier-method
+    steps on one more Cholesky), and a sample whose answer passes the KKT checks is done, exactly,
+    several steps before the interior point would converge. Converged samples leave the batch, so
+    the slowest do not keep it iterating. The caller checks the answer against all rows (a binding
+    row may have been dropped)."""
     B, m = h.shape
     n = G.shape[1]
     dt, dev = G.dtype, G.device
@@ -259,19 +263,20 @@ def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-12, screen_iters=3, f32_it
         return (-fall).clamp(min=1.0).reciprocal()
 
     def crossover():  # -> z [b, n] solving the problem with the rows that look binding as equalities, and
-        # whether that z is optimal (KKT: multipliers >= 0, the other rows satisfied)
+        # whether that z is optimal: the KKT conditions on the sample's rows, each checked
         act = lam > 0.1 * s
         D = act * rho
         L, info = torch.linalg.cholesky_ex(normal_matrix(D))
         la = lam * act
-        for _ in range(2):  # method of multipliers from the interior point's multipliers: 2 steps reach rounding
+        for _ in range(3):  # method of multipliers from the interior point's multipliers: 3 steps reach rounding
             zx = torch.cholesky_solve((rows_t_times(torch.addcmul(la, D, hs)) - unit_s).unsqueeze(-1), L).squeeze(-1)
-            r = rows_times(zx) - hs
+            r = rows_times(zx) - hs  # G z - h on the sample's rows
             la = la - D * r
-        ok = (info == 0) & (la.amin(1) >= -1e-9) & (torch.where(act, r.abs(), -r).amax(1) <= 1e-8 * scale_s[:, 0])
-        return zx, ok
+        stationary = (zx * qdiag_s + unit_s - rows_t_times(la)).abs().amax(1) <= 1e-9 * scale_s[:, 0].clamp(min=1.0)
+        return zx, (info == 0) & stationary & (la.amin(1) >= -1e-9) & (  # multipliers >= 0
+            torch.where(act, r.abs(), -r).amax(1) <= 1e-8 * scale_s[:, 0])  # binding rows tight, the rest feasible
 
-    rho = 2e6 * reg if reg > 0 else 1.0  # the equality penalty, 1e6 times the curvature
+    rho = 2e4 * reg if reg > 0 else 1.0  # the equality penalty, 1e4 times the curvature (each step gains 1e-4)
 
     # the primal residual G z - s - h [b, p] is 0 at the start and each step scales it by (1 - a): None
     # stands for 0 until float64 brings in the rounding of float32's steps

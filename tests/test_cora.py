@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import linprog
 
-from cleanmarl.cora_mappo import (QNet, QuadraticQ, all_coalitions, core_allocation, mc_coalition_q,
+from cleanmarl.cora_mappo import (QNet, QuadraticQ, _ipm, all_coalitions, core_allocation, mc_coalition_q,
                                   sample_coalitions, scale_allocation)
 from tests import test_scripts  # not its test functions by name: pytest would collect them again here
 from tests.test_scripts import ROOT
@@ -120,6 +120,32 @@ def test_core_allocation_with_tiny_working_sets_needs_rounds_and_stays_exact():
     M = coalitions.numpy()
     for b in range(len(v)):
         assert np.abs(alloc[b].numpy() - solve_daqp(M, v[b].numpy(), AN[b].item(), 1e-2)[0]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("additive, reg", [(False, 1e-2), (True, 1e-2), (False, 0.0)])
+def test_crossover_only_accepts_optimal_points(additive, reg):
+    """The solver's crossover guesses the binding rows and solves them as equalities; it must keep
+    only KKT points. Tried from the very first step (where the guess is mostly wrong), on every row,
+    the answer must still be DAQP's (with reg = 0, an LP whose allocation need not be unique: its
+    least-core value)."""
+    n, B = 6, 60
+    coalitions, v, AN = random_problem(n, B, seed=21)
+    M = coalitions.double()
+    if additive:  # degenerate: many rows bind at once
+        v = ((torch.randn(B, n, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) @ M.T) * 4).round() / 4
+    Z = torch.linalg.qr(torch.eye(n, dtype=torch.float64) - 1.0 / n)[0][:, : n - 1]  # as core_allocation
+    G = torch.cat([M @ Z, torch.ones(len(M), 1, dtype=torch.float64)], 1)
+    h = v - M.sum(-1) * AN[:, None] / n
+    scale = h.abs().amax(1, keepdim=True)
+    z = _ipm(G, h, scale, reg, keep=len(M), screen_iters=0, f32_iters=0, cross_iters=0)
+    alloc = z[:, : n - 1] @ Z.T + AN[:, None] / n
+    if reg == 0:
+        eps = (v - alloc @ M.T).amax(1).clamp(min=0.0)
+        lp = [least_core_lp(coalitions.numpy(), v[b].numpy(), AN[b].item()) for b in range(B)]
+        np.testing.assert_allclose(eps.numpy(), lp, atol=1e-7)
+        return
+    for b in range(B):
+        assert np.abs(alloc[b].numpy() - solve_daqp(M.numpy(), v[b].numpy(), AN[b].item(), reg)[0]).max() <= 1e-5
 
 
 def test_samples_without_a_demanding_coalition_take_the_equal_split():
