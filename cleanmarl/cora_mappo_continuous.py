@@ -129,7 +129,7 @@ class Args:
     core_reg: float = 1e-2
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
     qp_solver: Literal["ipm", "osqp"] = "ipm"
-    """Eq. (24) solver: "ipm" batched interior point (all rows screened in float32, finished in float64 on the rows that bind); "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
+    """Eq. (24) solver: "ipm" batched interior point (all rows screened in float32, finished on the rows that bind, with an exact crossover); "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
     violation_samples: int = 64
