@@ -58,37 +58,41 @@ TV_GRF="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-c
 CORA_SHARED="--core-reg 1e-2"
 
 # The CORA paper's comparison set (Figs. 2-7): MAPPO, Optimistic MAPPO, HAPPO, CORA-PPO with the
-# Monte Carlo critic and with the quadratic critic (CORA-PPO-QC). $1: discrete|continuous, $2: K.
+# Monte Carlo critic and with the quadratic critic (CORA-PPO-QC). $1: discrete|continuous, $2: K,
+# $3: "both" adds MAPPO with an actor per agent. Actor arrangements: MAPPO and Optimistic MAPPO
+# share one actor (their default, the MAPPO paper's); HAPPO and CORA keep an actor per agent
+# (HAPPO's design and CORA's Alg. 1 l. 1). Groups given "both" also run MAPPO with an actor per
+# agent, so no comparison is won by the arrangement alone.
 cora_algorithms() {
   local suffix="" k=$2
   [ "$1" = continuous ] && suffix=_continuous
   echo "mappo$suffix.py"
+  [ "${3:-}" = both ] && echo "mappo$suffix.py --no-share-actor --exp-name mappo${suffix}_peragent"
   echo "optimistic_mappo$suffix.py"
   echo "happo$suffix.py"
   echo "cora_mappo$suffix.py --critic mc --mc-samples $k $CORA_SHARED --exp-name cora_mappo${suffix}_mc"
   echo "cora_mappo$suffix.py --critic quadratic $CORA_SHARED --exp-name cora_mappo${suffix}_qc"
+  if [ "${3:-}" = both ]; then  # CORA w/o std (Eq. 24's Std term off) and CORA on HAPPO
+    echo "cora_mappo$suffix.py --critic mc --mc-samples $k --core-reg 0 --exp-name cora_mappo${suffix}_mc_nostd"
+    echo "cora_happo$suffix.py --critic mc --mc-samples $k $CORA_SHARED --exp-name cora_happo${suffix}_mc"
+  fi
 }
 
-cora_grid() {  # steps action-type K table-flags env-ids...
+cora_grid() {  # steps action-type K table-flags env-ids... (MAPPO_BOTH=both adds the extra arms)
   local steps=$1 kind=$2 k=$3 flags=$4 env algo
   shift 4
   for env in "$@"; do
     while read -r algo; do
       emit_spec "$steps" "$env" "$flags" "$algo"
-    done < <(cora_algorithms "$kind" "$k")
+    done < <(cora_algorithms "$kind" "$k" "${MAPPO_BOTH:-}")
   done
 }
 
 group_matrix() {  # CORA Fig. 2: MTG and Multi-Peak 5/10/15 (3 agents x 5 actions, 10 steps)
-  cora_grid 200000 discrete 16 "$TV_MATRIX" matrix:team matrix:peaks5 matrix:peaks10 matrix:peaks15
+  MAPPO_BOTH=both cora_grid 100000 discrete 16 "$TV_MATRIX" matrix:team matrix:peaks5 matrix:peaks10 matrix:peaks15
 }
 group_diff() {  # CORA Figs. 3 and 8 (left): 2- and 5-agent differential games, with "w/o std"
-  cora_grid 200000 continuous 16 "$TV_DIFF" diff:2agents diff:5agents
-  local env
-  for env in diff:2agents diff:5agents; do  # CORA-PPO w/o std: lambda_reg = 0 (Eq. 24's Std term off)
-    emit 200000 cora_mappo_continuous.py "$env" "$TV_DIFF" --critic mc --mc-samples 16 --core-reg 0 \
-      --exp-name cora_mappo_continuous_mc_nostd
-  done
+  MAPPO_BOTH=both cora_grid 200000 continuous 16 "$TV_DIFF" diff:2agents diff:5agents
 }
 group_diff_coalitions() {  # CORA Fig. 8 (right): coalitions sampled out of 2^5 - 2 = 30
   local m
@@ -162,8 +166,8 @@ group_ilvf_ablation() {  # ILVF App. C (no inferring, Fig. 8) and App. D (Fig. 9
 }
 
 # name | description | default seeds (CORA Table V "Runs"; the ILVF paper states none: 5)
-GROUP_TABLE="matrix|CORA Fig. 2: Matrix Team Game and Multi-Peak 5/10/15, 5 algorithms|1,2,3,4,5
-diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 5 algorithms + CORA w/o std|1,2,3,4,5
+GROUP_TABLE="matrix|CORA Fig. 2: Matrix Team Game and Multi-Peak 5/10/15, 8 arms (MAPPO both actor arrangements, CORA w/o std, CORA-HAPPO)|1,2,3,4,5
+diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 8 arms (as matrix)|1,2,3,4,5
 diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,3,4,5
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5

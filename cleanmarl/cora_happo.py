@@ -142,6 +142,16 @@ class Args:
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
     violation_samples: int = 64
     """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one"""
+    truth_samples: int = 64
+    """samples per update on which core/adv_corr compares the estimated A_C with the true one, where the env gives it (matrix and differential games; 0: off)"""
+
+    # Q critics (Alg. 1 l. 25)
+    q_epochs: int = 50
+    """epochs of Q-critic regression per update, run after the actor and V updates (Alg. 1's order), with --num-minibatches minibatches each"""
+    q_learning_rate: Optional[float] = None
+    """the learning rate of the twin Q critics (default: --critic-learning-rate, Table V's critic rate)"""
+    anneal_q_lr: bool = False
+    """toggle linear annealing of the Q critics' learning rate to 0 (off: they keep tracking the moving policy)"""
 
     # to be filled in at runtime
     batch_size: int = 0
@@ -165,6 +175,21 @@ def sample_coalitions(n, m, generator=None, device=None):
     if m >= len(coalitions):
         return coalitions
     return coalitions[torch.randperm(len(coalitions), generator=generator)[:m].to(coalitions.device)]
+
+
+def true_coalition_adv(reward_of, state, actions, probs, coalitions):
+    """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
+    does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
+    A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], exact, over all A^n joint actions.
+    reward_of: the env's, state [B, S], actions [B, n], probs [B, n, A], coalitions [m, n] -> [B, m]."""
+    B, n, A = probs.shape
+    joint = torch.cartesian_prod(*[torch.arange(A, device=probs.device)] * n).view(-1, n)  # [A^n, n]
+    r = reward_of(state.unsqueeze(1).expand(-1, len(joint), -1), joint.expand(B, -1, -1))  # [B, A^n]
+    p = probs.gather(2, joint.T.expand(B, -1, -1))  # [B, n, A^n]: pi_i(joint_i)
+    taken = (joint.T == actions.unsqueeze(-1)).to(p.dtype)  # [B, n, A^n]: joint_i = a_i
+    # each joint action's probability when C keeps a_C and the others follow pi
+    weight = torch.where(coalitions[:, None, :, None], taken, p).prod(2)  # [m, B, A^n]
+    return (weight * r).sum(-1).T - (p.prod(1) * r).sum(-1, keepdim=True)
 
 
 # Eq. (24): regularized least epsilon-core,
@@ -779,6 +804,10 @@ if __name__ == "__main__":
         fail(f"CORA needs 2 to 16 agents (coalitions are enumerated as bit masks); {args.env_id} has {n}")
     if args.mc_samples < 1 or args.core_reg < 0:
         fail("--mc-samples must be >= 1 and --core-reg >= 0")
+    if args.q_epochs < 1 or (args.q_learning_rate is not None and args.q_learning_rate <= 0):
+        fail("--q-epochs must be >= 1 and --q-learning-rate > 0")
+    if args.q_learning_rate is None:  # Table V gives one critic rate: V's and the Q critics'
+        args.q_learning_rate = args.critic_learning_rate
     m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
     if args.qp_solver == "osqp":
         try:
@@ -804,9 +833,10 @@ if __name__ == "__main__":
     actor_optimizers = [torch.optim.Adam(net.parameters(), lr=args.learning_rate, eps=1e-5) for net in actors.agents]
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
     twin_q = (TwinQ if args.critic == "mc" else QuadraticQ)(spec.state_dim, n, A, args.hidden_dim).to(device)
-    q_optimizer = torch.optim.Adam(twin_q.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+    q_optimizer = torch.optim.Adam(twin_q.parameters(), lr=args.q_learning_rate, eps=1e-5)
     coalition_gen = torch.Generator().manual_seed(args.seed)
     every_coalition = all_coalitions(n, device) if n <= 12 else None  # for core/violation_ratio
+    has_truth = envs.reward_of is not None and args.truth_samples > 0 and A**n <= 4096  # for core/adv_corr
 
     def value_of(state):
         """V(s) in return units (denormalized when value normalization is on)."""
@@ -852,7 +882,8 @@ if __name__ == "__main__":
                 for optimizer in actor_optimizers:
                     optimizer.param_groups[0]["lr"] = frac * args.learning_rate
                 critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
-                q_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
+                if args.anneal_q_lr:
+                    q_optimizer.param_groups[0]["lr"] = frac * args.q_learning_rate
 
             # ---- rollout ------------------------------------------------------------------
             ep_return_sum = torch.zeros((), device=device)
@@ -926,6 +957,14 @@ if __name__ == "__main__":
                                                     every_coalition)
                         covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
                         violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
+                # how often the core departs from the equal split (= MAPPO), and, where the env
+                # knows the truth, how closely Eq. (7)'s estimate follows the true A_C
+                equal_split = (b_alloc - b_advantages[:, None] / n).abs().amax(1) <= 1e-5 * b_advantages.abs().clamp(min=1)
+                adv_corr = float("nan")
+                if has_truth:
+                    k = min(args.truth_samples, args.batch_size)
+                    truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], policy.probs[:k], coalitions)
+                    adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
             perm = torch.randperm(n).tolist()  # a fresh agent order at every update
             factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_active,
                                                      b_actions, b_logprobs, b_alloc, args)
@@ -943,7 +982,11 @@ if __name__ == "__main__":
                     nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                     critic_optimizer.step()
 
-                    # Alg. 1 l. 25: both Q critics regress on y
+            # ---- Q critics (Alg. 1 l. 25): both regress on y, on their own schedule -------------
+            for epoch in range(args.q_epochs):
+                b_inds = torch.randperm(args.batch_size, device=device)
+                for start in range(0, args.batch_size, args.minibatch_size):
+                    mb = b_inds[start : start + args.minibatch_size]
                     q_loss = ((twin_q(b_state[mb], b_actions[mb]) - b_q_targets[mb]) ** 2).mean(-1).sum()
                     q_optimizer.zero_grad()
                     q_loss.backward()
@@ -957,6 +1000,7 @@ if __name__ == "__main__":
             sps = int(global_step / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", actor_optimizers[0].param_groups[0]["lr"], global_step)
             writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("charts/q_learning_rate", q_optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
             writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
             writer.add_scalar("losses/entropy", entropy.item(), global_step)
@@ -968,6 +1012,8 @@ if __name__ == "__main__":
             writer.add_scalar("losses/q_loss", q_loss.item(), global_step)
             writer.add_scalar("core/epsilon", eps.mean().item(), global_step)
             writer.add_scalar("core/violation_ratio", violation_ratio, global_step)
+            writer.add_scalar("core/equal_split_frac", equal_split.float().mean().item(), global_step)
+            writer.add_scalar("core/adv_corr", adv_corr, global_step)
             writer.add_scalar("core/alloc_std", b_alloc.std().item(), global_step)
             writer.add_scalar("core/coalition_ms", 1000 * (t1 - t0), global_step)
             writer.add_scalar("core/qp_ms", 1000 * (t2 - t1), global_step)

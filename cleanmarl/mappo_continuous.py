@@ -108,7 +108,9 @@ class Args:
     hidden_dim: int = 64
     """width of the two hidden layers of actor and critic"""
     agent_id: bool = True
-    """toggle appending the one-hot agent id to each agent's observation (shared policy)"""
+    """toggle appending the one-hot agent id to each agent's observation (with --share-actor)"""
+    share_actor: bool = True
+    """toggle one actor network shared by all agents (the MAPPO paper's choice); off: an actor per agent"""
     init_log_std: float = 0.0
     """initial log standard deviation of the Gaussian policy (in action units)"""
 
@@ -207,6 +209,31 @@ class Actor(nn.Module):
         return Normal(mean, self.log_std.exp().expand_as(mean))
 
 
+class Actors(nn.Module):
+    """One Gaussian policy per agent (no parameter sharing), each with its own log-std, in the
+    form happo_continuous.py uses: obs [..., n, obs_dim] -> means [..., n, D] for all agents at
+    once, by stacking the agents' weights (one batched matmul per layer, no loop)."""
+
+    def __init__(self, obs_dim, n_agents, action_dim, hidden, init_log_std):
+        super().__init__()
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, action_dim, out_std=0.01) for _ in range(n_agents))
+        self.log_stds = nn.ParameterList(nn.Parameter(torch.full((action_dim,), init_log_std)) for _ in range(n_agents))
+
+    def forward(self, obs):
+        x = obs
+        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
+            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
+            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
+            x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            if i + 1 < len(self.agents[0]):
+                x = torch.tanh(x)
+        return x
+
+    def dist(self, obs):
+        mean = self(obs)
+        return Normal(mean, torch.stack(list(self.log_stds)).exp().expand_as(mean))
+
+
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
@@ -282,7 +309,10 @@ if __name__ == "__main__":
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
-    actor = Actor(spec.obs_dim, n, D, args.hidden_dim, args.agent_id, args.init_log_std).to(device)
+    if args.share_actor:
+        actor = Actor(spec.obs_dim, n, D, args.hidden_dim, args.agent_id, args.init_log_std).to(device)
+    else:
+        actor = Actors(spec.obs_dim, n, D, args.hidden_dim, args.init_log_std).to(device)
     critic = Critic(spec.state_dim, args.hidden_dim).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
@@ -419,7 +449,7 @@ if __name__ == "__main__":
             writer.add_scalar("losses/clipfrac", torch.stack(clipfracs).mean().item(), global_step)
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/action_std", actor.log_std.exp().mean().item(), global_step)
+            writer.add_scalar("charts/action_std", dist.stddev.mean().item(), global_step)
             count = int(ep_count)
             if count:
                 mean_return = ep_return_sum.item() / count

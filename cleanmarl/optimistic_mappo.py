@@ -109,7 +109,9 @@ class Args:
     hidden_dim: int = 64
     """width of the two hidden layers of actor and critic"""
     agent_id: bool = True
-    """toggle appending the one-hot agent id to each agent's observation (shared policy)"""
+    """toggle appending the one-hot agent id to each agent's observation (with --share-actor)"""
+    share_actor: bool = True
+    """toggle one actor network shared by all agents (the MAPPO paper's choice); off: an actor per agent"""
 
     # Optimism
     optimism_leak: float = 0.0
@@ -220,6 +222,29 @@ class Actor(nn.Module):
         return Categorical(logits=self(obs, avail))
 
 
+class Actors(nn.Module):
+    """One policy network per agent (no parameter sharing), in the form happo.py uses:
+    obs [..., n, obs_dim] -> masked logits [..., n, A] for all agents at once, by stacking the
+    agents' weights (one batched matmul per layer, no loop over samples or agents)."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, out_std=0.01) for _ in range(n_agents))
+
+    def forward(self, obs, avail):
+        x = obs
+        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
+            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
+            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
+            x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            if i + 1 < len(self.agents[0]):
+                x = torch.tanh(x)
+        return x.masked_fill(~avail, -1e10)
+
+    def dist(self, obs, avail):
+        return Categorical(logits=self(obs, avail))
+
+
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
@@ -297,7 +322,10 @@ if __name__ == "__main__":
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
-    actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+    if args.share_actor:
+        actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+    else:
+        actor = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
     critic = Critic(spec.state_dim, args.hidden_dim).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)

@@ -93,6 +93,7 @@ def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
         assert len(scalars(run_dir, tag)) >= 1, tag
     if script.stem.startswith("cora"):
         for tag in ["core/epsilon", "core/violation_ratio", "core/alloc_std", "core/qp_ms", "core/coalition_ms",
+                    "core/equal_split_frac", "core/adv_corr", "charts/q_learning_rate",
                     "losses/q_loss"]:
             assert len(scalars(run_dir, tag)) >= 1, tag
     assert (run_dir / f"{script.stem}.cleanmarl_model").exists()

@@ -94,6 +94,12 @@ class MultiAgentEnv:
     def _active(self) -> torch.Tensor:
         return self._all_active
 
+    # reward_of(state [..., state_dim], actions [..., n] or [..., n, action_dim]) -> team reward [...]:
+    # defined by the families whose next state does not depend on the actions (the matrix and
+    # differential games). There Q(s, a) - Q(s, a') = r(s, a) - r(s, a'), so the exact coalition
+    # advantages that credit-assignment diagnostics compare against follow from it alone.
+    reward_of = None
+
     def _split_shared(self, reward: torch.Tensor) -> torch.Tensor:
         """A shared team reward [E] as equal individual rewards [E,n] that sum to it."""
         n = self.spec.n_agents

@@ -78,6 +78,10 @@ class DifferentialGame(MultiAgentEnv):
     def reward(self, x: torch.Tensor) -> torch.Tensor:
         return potential(x, self.centres, self.heights, self.spreads)
 
+    def reward_of(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """R of joint actions [..., n, 1], clipped to the box as `step` clips them (one-step game)."""
+        return self.reward(actions[..., 0].clamp(-BOUND, BOUND))
+
     def _reset_envs(self, mask):
         pass  # stateless
 

@@ -120,6 +120,11 @@ class MatrixGame(MultiAgentEnv):
         """Team payoff of joint actions [E,n] at steps t [E]."""
         return self.payoffs[t, (actions * self._place).sum(-1)]
 
+    def reward_of(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The payoff of joint actions [..., n] at states [..., T] (the one-hot step): the next
+        state is the next step whatever the actions."""
+        return self.payoff(state.argmax(-1), actions)
+
     def _reset_envs(self, mask):
         pass  # the only state is the step counter, which the base class resets
 
