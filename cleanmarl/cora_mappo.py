@@ -122,6 +122,8 @@ class Args:
     """coalition values: "mc" twin MLP critics with Monte-Carlo marginalization, "quadratic" the closed-form CORA-PPO-QC critic"""
     num_coalitions: int = -1
     """coalitions sampled per update; -1: 2^(n-1)-1 as in the paper; >= 2^n-2: all proper subsets"""
+    coalition_sets: int = 1
+    """independent coalition draws per update, each for its own block of timesteps (Alg. 1 l. 13 draws per timestep: --coalition-sets = --num-steps); 1: one draw for the whole batch"""
     mc_samples: int = 16
     """K, Monte-Carlo samples of the other agents' actions per coalition (Table V: 16 or 64)"""
     core_reg: float = 1e-2
@@ -171,14 +173,17 @@ def true_coalition_adv(reward_of, state, actions, probs, coalitions):
     """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
     does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
     A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], exact, over all A^n joint actions.
-    reward_of: the env's, state [B, S], actions [B, n], probs [B, n, A], coalitions [m, n] -> [B, m]."""
+    reward_of: the env's, state [B, S], actions [B, n], probs [B, n, A], coalitions [m, n]
+    or per sample [B, m, n] -> [B, m]."""
     B, n, A = probs.shape
     joint = torch.cartesian_prod(*[torch.arange(A, device=probs.device)] * n).view(-1, n)  # [A^n, n]
     r = reward_of(state.unsqueeze(1).expand(-1, len(joint), -1), joint.expand(B, -1, -1))  # [B, A^n]
     p = probs.gather(2, joint.T.expand(B, -1, -1))  # [B, n, A^n]: pi_i(joint_i)
     taken = (joint.T == actions.unsqueeze(-1)).to(p.dtype)  # [B, n, A^n]: joint_i = a_i
     # each joint action's probability when C keeps a_C and the others follow pi
-    weight = torch.where(coalitions[:, None, :, None], taken, p).prod(2)  # [m, B, A^n]
+    m = coalitions.shape[-2]
+    inside = coalitions.movedim(-2, 0).reshape(m, -1, n, 1)  # [m, 1 or B, n, 1]
+    weight = torch.where(inside, taken, p).prod(-2)  # [m, B, A^n]
     return (weight * r).sum(-1).T - (p.prod(1) * r).sum(-1, keepdim=True)
 
 
@@ -758,6 +763,8 @@ if __name__ == "__main__":
         fail("--mc-samples must be >= 1 and --core-reg >= 0")
     if args.q_epochs < 1 or (args.q_learning_rate is not None and args.q_learning_rate <= 0):
         fail("--q-epochs must be >= 1 and --q-learning-rate > 0")
+    if not 1 <= args.coalition_sets <= args.batch_size:
+        fail(f"--coalition-sets must be in 1..num_envs*num_steps ({args.batch_size}), got {args.coalition_sets}")
     if args.q_learning_rate is None:  # Table V gives one critic rate: V's and the Q critics'
         args.q_learning_rate = args.critic_learning_rate
     m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
@@ -893,14 +900,21 @@ if __name__ == "__main__":
 
             # ---- credit assignment: coalition advantages (Eq. 7) and the core QP (Eq. 24) ----
             with torch.no_grad():
-                t0 = time.perf_counter()
-                coalitions = sample_coalitions(n, m, coalition_gen, device)  # [m, n], redrawn every update
-                policy = actor.dist(b_obs, b_avail)  # the current policies, over [B, n]
-                coalition_adv = coalition_adv_of(b_state, b_actions, policy, coalitions)  # [B, m]
-                t1 = time.perf_counter()
+                # Alg. 1 l. 13: a fresh draw of coalitions for each of `coalition_sets` blocks of
+                # timesteps (samples are b = t * E + e, so a block of samples is a block of timesteps)
+                blocks = torch.arange(args.batch_size, device=device).tensor_split(args.coalition_sets)
+                coalitions = torch.stack([sample_coalitions(n, m, coalition_gen, device) for _ in blocks])  # [G, m, n]
+                coalition_adv = torch.zeros(args.batch_size, coalitions.shape[1], device=device)  # [B, m]
+                b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
                 solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
-                b_alloc, eps = solve(coalitions, coalition_adv, b_advantages, args.core_reg)  # [B, n]
-                t2 = time.perf_counter()
+                coalition_s = qp_s = 0.0
+                for blk, C in zip(blocks, coalitions):
+                    t0 = time.perf_counter()  # the current policies over the block's samples
+                    coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actor.dist(b_obs[blk], b_avail[blk]), C)
+                    t1 = time.perf_counter()
+                    b_alloc[blk], eps[blk] = solve(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]
+                    coalition_s, qp_s = coalition_s + t1 - t0, qp_s + time.perf_counter() - t1
+                coalitions_of = coalitions.repeat_interleave(torch.tensor([len(b) for b in blocks], device=device), 0)  # [B, m, n]
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:
                     # a diagnostic: its Monte-Carlo draws must not move the training's random stream
@@ -916,7 +930,8 @@ if __name__ == "__main__":
                 adv_corr = float("nan")
                 if has_truth:
                     k = min(args.truth_samples, args.batch_size)
-                    truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], policy.probs[:k], coalitions)
+                    truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], actor.dist(b_obs[:k], b_avail[:k]).probs,
+                                               coalitions_of[:k])
                     adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
             clipfracs = []
             for epoch in range(args.update_epochs):
@@ -987,8 +1002,8 @@ if __name__ == "__main__":
             writer.add_scalar("core/equal_split_frac", equal_split.float().mean().item(), global_step)
             writer.add_scalar("core/adv_corr", adv_corr, global_step)
             writer.add_scalar("core/alloc_std", b_alloc.std().item(), global_step)
-            writer.add_scalar("core/coalition_ms", 1000 * (t1 - t0), global_step)
-            writer.add_scalar("core/qp_ms", 1000 * (t2 - t1), global_step)
+            writer.add_scalar("core/coalition_ms", 1000 * coalition_s, global_step)
+            writer.add_scalar("core/qp_ms", 1000 * qp_s, global_step)
             count = int(ep_count)
             if count:
                 mean_return = ep_return_sum.item() / count

@@ -291,7 +291,8 @@ def test_monte_carlo_pass_equals_the_critic_on_each_mixed_joint_action(continuou
     torch.testing.assert_close(batched, direct, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("flags", [["--critic", "mc"], ["--critic", "quadratic"], ["--num-coalitions", "100"]])
+@pytest.mark.parametrize("flags", [["--critic", "mc"], ["--critic", "quadratic"], ["--num-coalitions", "100"],
+                                   ["--coalition-sets", "4"]])
 def test_cora_runs_on_a_matrix_game(flags, tmp_path):
     test_scripts.test_script_runs_and_logs(CORA, "matrix:team", tmp_path, extra=flags)
 
@@ -397,20 +398,26 @@ def test_the_violation_diagnostic_leaves_training_unchanged(tmp_path):
 # ---- Alg. 1 as written: actors per agent, Q critics that track the policy, measured credit ------
 def test_true_coalition_adv_by_hand():
     """Two agents, one state, payoff R[a1, a2]: A_{1} = sum_b pi2(b) R[a1, b] - E_pi[R], and
-    A_{2} likewise (hand-computed), from the matrix game's own reward_of."""
+    A_{2} likewise (hand-computed), from the matrix game's own reward_of; two samples with
+    different actions and policies, coalitions shared or given per sample."""
     from cleanmarl.cora_mappo import true_coalition_adv
     from cleanmarl.envs import make_env
 
     env = make_env("matrix:climbing", 1)
     R = torch.tensor([[11.0, -30.0, 0.0], [-30.0, 7.0, 6.0], [0.0, 0.0, 5.0]])
     p1, p2 = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.1, 0.6, 0.3])
-    a1, a2 = 1, 2
     mean = p1 @ R @ p2  # E_pi[R] = 0.5*(1.1-18+0) + 0.3*(-3+4.2+1.8) + 0.2*(0+0+1.5)
     assert mean.item() == pytest.approx(0.5 * -16.9 + 0.3 * 3.0 + 0.2 * 1.5)
-    expected = torch.stack([R[a1] @ p2 - mean, p1 @ R[:, a2] - mean])  # coalitions {1}, {2}
-    got = true_coalition_adv(env.reward_of, torch.ones(1, 1), torch.tensor([[a1, a2]]),
-                             torch.stack([p1, p2])[None], torch.tensor([[True, False], [False, True]]))
-    torch.testing.assert_close(got[0], expected)
+    actions = torch.tensor([[1, 2], [0, 0]])
+    probs = torch.stack([torch.stack([p1, p2]), torch.stack([p2, p1])])  # sample 1 swaps the policies
+    mean2 = p2 @ R @ p1
+    expected = torch.stack([torch.stack([R[1] @ p2 - mean, p1 @ R[:, 2] - mean]),  # coalitions {1}, {2}
+                            torch.stack([R[0] @ p1 - mean2, p2 @ R[:, 0] - mean2])])
+    shared = torch.tensor([[True, False], [False, True]])
+    torch.testing.assert_close(true_coalition_adv(env.reward_of, torch.ones(2, 1), actions, probs, shared), expected)
+    per_sample = torch.stack([shared, shared.flip(0)])  # sample 1 lists {2} first
+    torch.testing.assert_close(true_coalition_adv(env.reward_of, torch.ones(2, 1), actions, probs, per_sample),
+                               torch.stack([expected[0], expected[1].flip(0)]))
 
 
 def test_true_coalition_adv_continuous_against_a_linear_reward():
@@ -427,6 +434,10 @@ def test_true_coalition_adv_continuous_against_a_linear_reward():
     got = true_coalition_adv(reward_of, torch.zeros(4, 1), x, policy, coalitions, draws=20000)
     expected = (coalitions.float() * c) @ (x - mu)[..., 0].T  # [m, B]
     torch.testing.assert_close(got, expected.T, atol=0.03, rtol=0)
+    per_sample = torch.stack([coalitions.roll(b, 0) for b in range(4)])  # [B, m, n]
+    got = true_coalition_adv(reward_of, torch.zeros(4, 1), x, policy, per_sample, draws=20000)
+    expected = torch.stack([expected[:, b].roll(b, 0) for b in range(4)])
+    torch.testing.assert_close(got, expected, atol=0.03, rtol=0)
 
 
 @pytest.mark.parametrize("env_id,actions", [("matrix:peaks5", torch.tensor([[0, 1, 2], [4, 4, 4], [3, 0, 1]])),
