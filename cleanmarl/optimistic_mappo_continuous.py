@@ -469,6 +469,10 @@ if __name__ == "__main__":
             writer.add_scalar("losses/explained_variance", explained_var, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("charts/action_std", dist.stddev.mean().item(), global_step)
+            with torch.no_grad():  # each agent's policy mean (first action dim) over the batch: CORA Fig. 3's paths
+                mean_action = actor(b_obs).mean(0)[:, 0]  # [n]
+            for i, a in enumerate(mean_action.tolist()):
+                writer.add_scalar(f"charts/action_mean/agent{i}", a, global_step)
             count = int(ep_count)
             if count:
                 mean_return = ep_return_sum.item() / count

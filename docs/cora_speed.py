@@ -2,10 +2,11 @@
 
 1. `core_allocation` (Eq. 24, batched) on 6400 samples at n = 8 with 127 sampled coalitions,
    against per-sample DAQP and OSQP loops, with the max abs difference to DAQP's solution.
-2. SPS of cora_mappo.py (quadratic critic; Monte Carlo, K = 16) relative to mappo.py on
-   vmas:navigation with 64 envs at n = 3, 5, 8 agents, one thread each, same settings. The
-   contenders alternate and each keeps its best of `--rounds` runs, to damp the noise of a shared
-   machine; the load average is printed with every figure.
+2. SPS of cora_mappo.py (quadratic critic; Monte Carlo, K = 16), cora_happo.py (Monte Carlo) and
+   mappo.py with an actor per agent, relative to mappo.py (shared actor) on vmas:navigation with
+   64 envs at n = 3, 5, 8 agents, one thread each, same settings. The contenders alternate and
+   each keeps its best of `--rounds` runs, to damp the noise of a shared machine; the load
+   average is printed with every figure.
 
 Usage: python docs/cora_speed.py               (a few minutes on a 2-core CPU)
        python docs/cora_speed.py --qp-only     (the solver timing alone, under a minute)
@@ -88,10 +89,13 @@ def sps(script, env_id, steps, extra=()):
 
 def sps_table(agents, steps, rounds):
     contenders = {"MAPPO": ("mappo.py", ()),
+                  "MAPPO per-agent": ("mappo.py", ("--no-share-actor",)),
                   "CORA quadratic": ("cora_mappo.py", ("--critic", "quadratic")),
-                  "CORA MC (K=16)": ("cora_mappo.py", ("--critic", "mc", "--mc-samples", "16"))}
-    print(f"\nSPS on vmas:navigation, 64 envs, {steps} steps per run, best of {rounds} alternating rounds:")
-    print(f"  {'agents':>6} {'MAPPO':>7} {'CORA quadratic':>17} {'CORA MC (K=16)':>17}   load")
+                  "CORA MC (K=16)": ("cora_mappo.py", ("--critic", "mc", "--mc-samples", "16")),
+                  "CORA-HAPPO MC": ("cora_happo.py", ("--critic", "mc", "--mc-samples", "16"))}
+    print(f"\nSPS on vmas:navigation, 64 envs, {steps} steps per run, best of {rounds} alternating rounds"
+          " (each CORA script with its defaults: an actor per agent, 50 Q epochs a rollout):")
+    print(f"  {'agents':>6} " + " ".join(f"{name:>18}" for name in contenders) + "   load")
     for n in agents:
         env_id = f"vmas:navigation,n_agents={n}"
         best = {name: 0 for name in contenders}
@@ -99,8 +103,8 @@ def sps_table(agents, steps, rounds):
             for name, (script, extra) in contenders.items():
                 best[name] = max(best[name], sps(script, env_id, steps, extra))
         base = best["MAPPO"]
-        qc, mc = best["CORA quadratic"], best["CORA MC (K=16)"]
-        print(f"  {n:>6} {base:>7} {qc:>8} ({qc / base:.2f}x) {mc:>8} ({mc / base:.2f}x)   {load()}", flush=True)
+        cells = [f"{base:>18}"] + [f"{v:>9} ({v / base:.2f}x)" for name, v in best.items() if name != "MAPPO"]
+        print(f"  {n:>6} " + " ".join(cells) + f"   {load()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
                 curve's average over training, in return units (so runs of different lengths
                 stay comparable); final and AUC then get the same t-interval over seeds;
   eval          the greedy evaluation return (win rate) of eval.json, and where every run knows
-                its env's optimum, eval / optimum per seed (seeded games differ per seed).
+                its env's optimum, eval / optimum per seed (seeded games differ per seed);
+  diagnostics   where runs log them (CORA's core/adv_corr and core/equal_split_frac), per seed
+                the mean over the first quarter of the updates and over the rest, NaNs left out.
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
 `results.md` (a table per env id and the figures) and `results.json` (the numbers).
@@ -38,6 +40,7 @@ import numpy as np
 from scipy import stats
 
 RETURN_TAG, WIN_TAG = "charts/episodic_return", "charts/win_rate"
+DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac")
 RUN_NAME = re.compile(r"^(?P<env>.+)__(?P<exp>[^_].*?)__(?P<seed>\d+)__(?P<time>\d+)$")
 
 
@@ -50,6 +53,7 @@ class Run:
     steps: np.ndarray
     values: np.ndarray
     eval: dict = field(default_factory=dict)
+    diagnostics: dict = field(default_factory=dict)  # tag -> values, for DIAGNOSTIC_TAGS
 
 
 def parse_run_name(name: str):
@@ -93,7 +97,8 @@ def load_runs(roots: list[str]) -> list[Run]:
             if "eval.json" in filenames:
                 with open(os.path.join(dirpath, "eval.json")) as f:
                     evaluation = json.load(f)
-            runs.append(Run(*parsed, metric, *scalars[metric], evaluation))
+            diagnostics = {tag: scalars[tag][1] for tag in DIAGNOSTIC_TAGS if tag in scalars}
+            runs.append(Run(*parsed, metric, *scalars[metric], evaluation, diagnostics))
     return runs
 
 
@@ -169,6 +174,15 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
                 # seeded games (matrix, diff) draw a different game, and optimum, per seed
                 m, l, h = mean_ci((np.array(evals) / np.array(optimal))[:, None])
                 entry["eval_ratio"] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0])}
+            for tag in DIAGNOSTIC_TAGS:
+                logged = [r.diagnostics[tag] for r in members if tag in r.diagnostics]
+                if logged:  # early: the first quarter of the updates; late: the rest
+                    windows = np.array([[np.nanmean(v[: max(1, len(v) // 4)]), np.nanmean(v[max(1, len(v) // 4):])]
+                                        for v in logged])
+                    entry[tag] = {}
+                    for i, name in enumerate(("early", "late")):
+                        m, l, h = mean_ci(windows[:, i : i + 1])
+                        entry[tag][name] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0])}
             out[env_id][algo] = entry
     return out
 
@@ -212,6 +226,16 @@ def markdown(summary: dict, final_frac: float) -> str:
             ratio = fmt(a["eval_ratio"]) if "eval_ratio" in a else "–"
             lines.append(f"| {algo} | {len(a['seeds'])} | {fmt(a['final'])} | {fmt(a['auc'])} | {ev} | {ratio} |")
         lines.append("")
+        diagnosed = {algo: a for algo, a in algos.items() if any(tag in a for tag in DIAGNOSTIC_TAGS)}
+        if diagnosed:
+            lines.append("Credit diagnostics, mean over the first quarter of the updates (early) and the rest (late):")
+            lines.append("")
+            lines.append("| algorithm | " + " | ".join(f"`{t}` {w}" for t in DIAGNOSTIC_TAGS for w in ("early", "late")) + " |")
+            lines.append("|---|" + "---|" * 2 * len(DIAGNOSTIC_TAGS))
+            for algo, a in sorted(diagnosed.items()):
+                cells = [fmt(a[t][w]) if t in a else "–" for t in DIAGNOSTIC_TAGS for w in ("early", "late")]
+                lines.append(f"| {algo} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
