@@ -291,6 +291,14 @@ def test_baseline_scripts_run_and_log(script, env_id, tmp_path):
     test_script_runs_and_logs(script, env_id, tmp_path)
 
 
+@pytest.mark.parametrize("script,env_id", [
+    (MAPPO, "matrix:team"), (MAPPO_CONT, "diff:5agents"), (OPT, "vmas:give_way,max_steps=20"),
+    (OPT_CONT, "diff:2agents"), (ROOT / "cleanmarl" / "ilvf_ppo.py", "coupled:ring"),
+])
+def test_mappo_family_runs_with_an_actor_per_agent(script, env_id, tmp_path):
+    test_script_runs_and_logs(script, env_id, tmp_path, extra=["--no-share-actor"])
+
+
 def test_optimistic_mappo_escapes_relative_overgeneralization(tmp_path):
     """Penalty game, k = -100: on the same seed and budget MAPPO settles on the safe joint action
     (return 2) while Optimistic MAPPO, which ignores partners' bad exploration, finds 10."""
