@@ -24,14 +24,16 @@ Run:  python cleanmarl/cora_happo.py --env-id matrix:penalty
 
 What this file implements, and where:
   GAE for the grand coalition A_N (Alg. 1 l. 19)        -> `compute_gae`
-  twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "critics" block
-  m sampled coalitions (l. 13)                           -> `sample_coalitions`
+  twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "Q critics" block
+                                   (--q-epochs after the actor and V updates, in Alg. 1's order)
+  m sampled coalitions (l. 13; --coalition-sets per block of timesteps) -> `sample_coalitions`
   Eq. (7), Monte-Carlo: A_C = min_j 1/K sum_k Q_j(s, a_C, a^k_-C) - V(s) -> `mc_coalition_q`
   Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with pi_j for j outside C
                                                          -> `QuadraticQ.coalition_q`
   Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
     (per-sample OSQP reference: `--qp-solver osqp`)     -> `core_allocation_osqp`
   allocation scaling that keeps the core constraints     -> `scale_allocation`
+  core/adv_corr's truth, for envs whose next state ignores the actions -> `true_coalition_adv`
   HAPPO surrogate with the allocated A_i, M * min(r A_i, clip(r) A_i) -> `happo_surrogate`
   sequential update in a random order, M *= r_{i_k}    -> `sequential_actor_update`
   clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`

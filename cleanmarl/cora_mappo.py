@@ -12,8 +12,10 @@ Run:  python cleanmarl/cora_mappo.py --env-id matrix:penalty
 
 What this file implements, and where:
   GAE for the grand coalition A_N (Alg. 1 l. 19)        -> `compute_gae`
-  twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "critics" block
-  m sampled coalitions (l. 13)                           -> `sample_coalitions`
+  an actor per agent (l. 1; --share-actor: one shared)  -> `Actors` (`Actor`)
+  twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "Q critics" block
+                                   (--q-epochs after the actor and V updates, in Alg. 1's order)
+  m sampled coalitions (l. 13; --coalition-sets per block of timesteps) -> `sample_coalitions`
   Eq. (7), Monte-Carlo: A_C = min_j 1/K sum_k Q_j(s, a_C, a^k_-C) - V(s) -> `mc_coalition_q`
   Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with pi_j for j outside C
                                                          -> `QuadraticQ.coalition_q`
@@ -21,6 +23,7 @@ What this file implements, and where:
     (per-sample OSQP reference: `--qp-solver osqp`)     -> `core_allocation_osqp`
   per-agent PPO surrogates with the allocated A_i (l. 22-23) -> "PPO update" block
   allocation scaling that keeps the core constraints     -> `scale_allocation`
+  core/adv_corr's truth, for envs whose next state ignores the actions -> `true_coalition_adv`
   dead agents (step.active false) left out of the loss   -> `masked_mean`
 
 Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples;

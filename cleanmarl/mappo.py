@@ -2,8 +2,9 @@
 
 Paper: Yu et al., "The Surprising Effectiveness of PPO in Cooperative Multi-Agent Games", NeurIPS
 2022 Datasets and Benchmarks. Idea: PPO with one policy shared by all agents (decentralized
-execution on each agent's observation, optionally with its one-hot id) and a centralized value
-function V(s) of the global state; every agent is updated with the same global advantage.
+execution on each agent's observation, optionally with its one-hot id; `--no-share-actor`: one
+per agent) and a centralized value function V(s) of the global state; every agent is updated
+with the same global advantage.
 Defaults follow Table V of the CORA paper for matrix games (this script's main family).
 
 Run:  python cleanmarl/mappo.py --env-id matrix:team
