@@ -20,11 +20,15 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
                 stay comparable); final and AUC then get the same t-interval over seeds;
   eval          the greedy evaluation return (win rate) of eval.json, and where every run knows
                 its env's optimum, eval / optimum per seed (seeded games differ per seed);
+  paired        with `--paired ALGO`: for every other algorithm, the per-seed difference ALGO - it
+                of final and AUC over the seeds both ran (seeded games draw the same game for
+                both, so the pairing removes the game-to-game spread), with its t-interval;
   diagnostics   where runs log them (CORA's core/adv_corr and core/equal_split_frac), per seed
                 the mean over the first quarter of the updates and over the rest, NaNs left out.
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
-`results.md` (a table per env id and the figures) and `results.json` (the numbers).
+`results.md` (a table per env id and the figures), `results.json` (the numbers) and, with
+`--paired`, `paired.json` (the paired differences).
 """
 
 from __future__ import annotations
@@ -187,6 +191,28 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
     return out
 
 
+def paired(summary: dict, base: str) -> dict:
+    """{env_id: {algo: {"final": ..., "auc": ..., "seeds": n}}}: base minus algo, seed by seed."""
+    out = {}
+    for env_id, algos in summary.items():
+        if base not in algos:
+            continue
+        out[env_id] = {}
+        ref = algos[base]
+        for algo, a in algos.items():
+            shared = sorted(set(ref["seeds"]) & set(a["seeds"]))
+            if algo == base or not shared:
+                continue
+            entry = {"seeds": len(shared)}
+            for name in ("final", "auc"):
+                diff = np.array([ref[name]["per_seed"][ref["seeds"].index(s)] - a[name]["per_seed"][a["seeds"].index(s)]
+                                 for s in shared])
+                m, l, h = mean_ci(diff[:, None])
+                entry[name] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0])}
+            out[env_id][algo] = entry
+    return out
+
+
 def fmt(cell: dict) -> str:
     if math.isnan(cell["lo"]):
         return f"{cell['mean']:.3g}"
@@ -239,6 +265,18 @@ def markdown(summary: dict, final_frac: float) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(table: dict, base: str) -> str:
+    lines = [f"## `{base}` against each algorithm, seed by seed", "",
+             f"Mean over the shared seeds of ({base} − algorithm), 95% t-interval; an interval above 0 "
+             f"is a win for {base}.", ""]
+    for env_id, algos in table.items():
+        lines += [f"### `{env_id}`", "", "| algorithm | seeds | Δ final | Δ AUC |", "|---|---|---|---|"]
+        for algo, a in sorted(algos.items()):
+            lines.append(f"| {algo} | {a['seeds']} | {fmt(a['final'])} | {fmt(a['auc'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def plot(summary: dict, out: str) -> list[str]:
     import matplotlib
 
@@ -280,6 +318,7 @@ def main(argv=None):
     parser.add_argument("--out", required=True, help="directory for the PNGs, results.md and results.json")
     parser.add_argument("--grid", type=int, default=100, help="points of the common step grid")
     parser.add_argument("--final-frac", type=float, default=0.1, help="share of the curve that 'final' averages")
+    parser.add_argument("--paired", nargs="*", default=[], help="algorithms (exp names) to compare seed by seed with the others")
     args = parser.parse_args(argv)
     if args.grid < 2 or not 0 < args.final_frac <= 1:
         parser.error("--grid must be >= 2 and --final-frac in (0, 1]")
@@ -289,8 +328,17 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     summary = summarize(runs, args.grid, args.final_frac)
     plot(summary, args.out)
+    text, tables = markdown(summary, args.final_frac), {}
+    for base in args.paired:
+        tables[base] = paired(summary, base)
+        if not tables[base]:
+            raise SystemExit(f"plot_results.py: --paired {base}: no such algorithm among the runs")
+        text += "\n" + paired_markdown(tables[base], base)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(markdown(summary, args.final_frac) + "\n")
+        f.write(text + "\n")
+    if tables:
+        with open(os.path.join(args.out, "paired.json"), "w") as f:
+            json.dump(tables, f)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f)
     print(f"{len(runs)} runs, {len(summary)} env ids -> {args.out}/results.md and PNGs")
