@@ -54,12 +54,16 @@ def test_dry_run_lists_valid_commands(group):
 
 def test_table_v_settings_reach_the_commands():
     lines = bench("matrix", "--dry-run", "--seeds", "1").stdout.splitlines()
-    assert len(lines) == 4 * 5  # MTG + Multi-Peak 5/10/15, five algorithms
+    assert len(lines) == 4 * 8  # MTG + Multi-Peak 5/10/15; eight arms
     assert all("--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.3 --ent-coef 1e-3 --num-envs 4" in l
                for l in lines)
-    assert sum("--critic mc --mc-samples 16" in l for l in lines) == 4
+    assert sum("--critic mc --mc-samples 16" in l for l in lines) == 4 * 3  # CORA-MC, w/o std, CORA-HAPPO
+    assert sum("--core-reg 0 " in l for l in lines) == 4
+    # MAPPO both ways: its default shared actor and an actor per agent, so no comparison is won by the arrangement
+    assert sum(l.startswith("python cleanmarl/mappo.py ") for l in lines) == 2 * 4
+    assert sum("--no-share-actor --exp-name mappo_peragent" in l for l in lines) == 4
     half = bench("matrix", "--dry-run", "--seeds", "7", "--steps-scale", "0.5").stdout
-    assert "--seed 7 --total-timesteps 100000 " in half
+    assert "--seed 7 --total-timesteps 50000 " in half
     ilvf = bench("cacc", "--dry-run", "--seeds", "1").stdout
     assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 8
 
@@ -74,7 +78,7 @@ def test_bad_input_is_one_clear_line():
 
 def test_slurm_array_task_runs_one_command(tmp_path):
     """--slurm writes the array script; running it as Slurm would (task id set) trains one tiny run."""
-    out = bench("matrix", "--slurm", "--seeds", "1", "--steps-scale", "0.002", "--only", "cleanmarl/mappo.py --env-id matrix:team ",
+    out = bench("matrix", "--slurm", "--seeds", "1", "--steps-scale", "0.004", "--only", "cleanmarl/mappo.py --env-id matrix:team .*--num-envs 4 --save-model",
                 "--results", str(tmp_path)).stdout
     group_dir = tmp_path / "matrix"
     script = group_dir / "array_task.sh"
@@ -96,8 +100,8 @@ def test_slurm_array_task_runs_one_command(tmp_path):
 
 def test_local_workers_run_a_group(tmp_path):
     """Two local workers run two tiny commands; the plots script reads what they wrote."""
-    out = bench("matrix", "--seeds", "1,2", "--jobs", "2", "--steps-scale", "0.002",
-                "--only", "cleanmarl/mappo.py --env-id matrix:team ", "--results", str(tmp_path)).stdout
+    out = bench("matrix", "--seeds", "1,2", "--jobs", "2", "--steps-scale", "0.004",
+                "--only", "cleanmarl/mappo.py --env-id matrix:team .*--num-envs 4 --save-model", "--results", str(tmp_path)).stdout
     assert "2 commands on 2 local worker(s)" in out and "failed" not in out
     status = (tmp_path / "matrix" / "logs" / "status.txt").read_text()
     assert status.count("exit 0") == 2
