@@ -179,8 +179,8 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
                 m, l, h = mean_ci((np.array(evals) / np.array(optimal))[:, None])
                 entry["eval_ratio"] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0])}
             for tag in DIAGNOSTIC_TAGS:
-                logged = [r.diagnostics[tag] for r in members if tag in r.diagnostics]
-                if logged:  # early: the first quarter of the updates; late: the rest
+                logged = [r.diagnostics[tag] for r in members if tag in r.diagnostics and not np.isnan(r.diagnostics[tag]).all()]
+                if logged:  # early: the first quarter of the updates; late: the rest (all NaN: the env gave no truth)
                     windows = np.array([[np.nanmean(v[: max(1, len(v) // 4)]), np.nanmean(v[max(1, len(v) // 4):])]
                                         for v in logged])
                     entry[tag] = {}
