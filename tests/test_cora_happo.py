@@ -100,7 +100,7 @@ def test_an_agents_update_changes_only_its_own_parameters(module):
 def test_cora_machinery_is_cora_mappos(happo_module, mappo_module):
     """The coalition machinery is re-stated in each script: it must stay a verbatim copy."""
     for name in ["all_coalitions", "sample_coalitions", "core_allocation", "_ipm", "core_allocation_osqp",
-                 "scale_allocation", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ"]:
+                 "scale_allocation", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ", "true_coalition_adv"]:
         assert inspect.getsource(getattr(happo_module, name)) == inspect.getsource(getattr(mappo_module, name)), name
 
 
