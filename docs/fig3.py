@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cleanmarl.envs import make_env  # noqa: E402
+from cleanmarl.envs import EnvError, make_env  # noqa: E402
 from docs.plot_results import parse_run_name, read_scalars  # noqa: E402
 
 
@@ -37,9 +37,12 @@ def main(argv=None):
                 dirnames[:] = []
     if not paths:
         raise SystemExit(f"fig3.py: no {args.env_id} runs of seed {args.seed} under {', '.join(args.roots)}")
-    env = make_env(args.env_id, 1, args.seed, action_type="continuous")
-    if env.spec.n_agents != 2:
-        raise SystemExit(f"fig3.py: {args.env_id} has {env.spec.n_agents} agents; the picture needs 2")
+    try:
+        env = make_env(args.env_id, 1, args.seed, action_type="continuous")
+    except EnvError as e:
+        raise SystemExit(f"fig3.py: {e}")
+    if env.spec.n_agents != 2 or env.reward_of is None:
+        raise SystemExit(f"fig3.py: {args.env_id} is not a two-agent differential game (the picture needs one)")
     lo, hi = env.spec.action_low, env.spec.action_high
     grid = torch.linspace(lo, hi, 201)
     x1, x2 = torch.meshgrid(grid, grid, indexing="xy")
