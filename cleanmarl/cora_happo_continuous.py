@@ -935,8 +935,8 @@ if __name__ == "__main__":
                 b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
                 solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
                 coalition_s = qp_s = 0.0
-                for blk, C in zip(blocks, coalitions):
-                    t0 = time.perf_counter()  # (each block's advantages marginalize over the current policies)
+                for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
+                    t0 = time.perf_counter()
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actors.dist(b_obs[blk]), C)
                     t1 = time.perf_counter()
                     b_alloc[blk], eps[blk] = solve(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]
@@ -965,7 +965,7 @@ if __name__ == "__main__":
                                                      b_logprobs, b_alloc, args)
             pg_loss, entropy, approx_kl, clipfracs = stats["pg_loss"], stats["entropy"], stats["approx_kl"], stats["clipfracs"]
 
-            # ---- critics, after the actors: V and the twin Q ------------------------------
+            # ---- value critic, after the actors (Alg. 1 l. 24) -----------------------------
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):

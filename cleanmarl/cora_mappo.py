@@ -138,7 +138,7 @@ class Args:
     violation_samples: int = 64
     """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one"""
     truth_samples: int = 64
-    """samples per update on which core/adv_corr compares the estimated A_C with the true one, where the env gives it (matrix and differential games; 0: off)"""
+    """samples per update on which core/adv_corr compares the estimated A_C with the true one, where the env gives it (matrix games with A^n <= 4096; 0: off)"""
 
     # Q critics (Alg. 1 l. 25)
     q_epochs: int = 50
@@ -911,8 +911,8 @@ if __name__ == "__main__":
                 b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
                 solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
                 coalition_s = qp_s = 0.0
-                for blk, C in zip(blocks, coalitions):
-                    t0 = time.perf_counter()  # (each block's advantages marginalize over the current policies)
+                for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
+                    t0 = time.perf_counter()
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actor.dist(b_obs[blk], b_avail[blk]), C)
                     t1 = time.perf_counter()
                     b_alloc[blk], eps[blk] = solve(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]

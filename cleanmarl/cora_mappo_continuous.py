@@ -893,8 +893,8 @@ if __name__ == "__main__":
                 b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
                 solve = core_allocation if args.qp_solver == "ipm" else core_allocation_osqp
                 coalition_s = qp_s = 0.0
-                for blk, C in zip(blocks, coalitions):
-                    t0 = time.perf_counter()  # (each block's advantages marginalize over the current policies)
+                for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
+                    t0 = time.perf_counter()
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actor.dist(b_obs[blk]), C)
                     t1 = time.perf_counter()
                     b_alloc[blk], eps[blk] = solve(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]

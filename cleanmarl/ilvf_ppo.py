@@ -284,29 +284,6 @@ class Actor(nn.Module):
         return Categorical(logits=self(obs, avail))
 
 
-class Actors(nn.Module):
-    """One policy network per agent (no parameter sharing), in the form happo.py uses:
-    obs [..., n, obs_dim] -> masked logits [..., n, A] for all agents at once, by stacking the
-    agents' weights (one batched matmul per layer, no loop over samples or agents)."""
-
-    def __init__(self, obs_dim, n_agents, n_actions, hidden):
-        super().__init__()
-        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, out_std=0.01) for _ in range(n_agents))
-
-    def forward(self, obs, avail):
-        x = obs
-        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
-            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
-            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
-            x = torch.einsum("...ni,noi->...no", x, weight) + bias
-            if i + 1 < len(self.agents[0]):
-                x = torch.tanh(x)
-        return x.masked_fill(~avail, -1e10)
-
-    def dist(self, obs, avail):
-        return Categorical(logits=self(obs, avail))
-
-
 class AgentMLP(nn.Module):
     """n independent MLPs of mlp()'s shape, one per agent, evaluated together as batched matmuls:
     x [..., n, in_dim] -> [..., n, out_dim] (agent k's slice goes through agent k's weights)."""
@@ -327,6 +304,21 @@ class AgentMLP(nn.Module):
             if k < len(self.weights) - 1:
                 x = torch.tanh(x)
         return x
+
+
+class Actors(nn.Module):
+    """One policy network per agent (no parameter sharing), the agents' MLPs evaluated together by
+    `AgentMLP`: obs [..., n, obs_dim] -> masked logits [..., n, A]."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+        super().__init__()
+        self.net = AgentMLP(n_agents, obs_dim, hidden, n_actions, out_std=0.01)
+
+    def forward(self, obs, avail):
+        return self.net(obs).masked_fill(~avail, -1e10)
+
+    def dist(self, obs, avail):
+        return Categorical(logits=self(obs, avail))
 
 
 class InfluenceCritic(nn.Module):
