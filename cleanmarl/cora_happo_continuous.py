@@ -144,7 +144,7 @@ class Args:
     core_reg: float = 1e-2
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
     qp_solver: Literal["ipm", "osqp"] = "ipm"
-    """Eq. (24) solver: "ipm" batched interior point (all rows screened in float32, finished on the rows that bind, with an exact crossover); "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
+    """Eq. (24) solver: "ipm" a batched interior point with an exact finish on the rows that bind; "osqp" a per-sample OSQP loop (tight, polished), the slow reference"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
     violation_samples: int = 64
@@ -201,188 +201,94 @@ def true_coalition_adv(reward_of, state, actions, policy, coalitions, draws=1024
 
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
-def core_allocation(coalitions, coalition_adv, grand_adv, reg, work_rows=None, chunk=2048):
-    """Batched solve of Eq. (24) for B samples sharing one coalition set.
+def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=50):
+    """Eq. (24) for B samples sharing one coalition set, all at once: a primal-dual interior point
+    that finishes with an exact solve of the rows that bind.
     coalitions [m, n] bool, coalition_adv [B, m], grand_adv [B] -> (alloc [B, n], eps [B]).
 
-    With x = A - A_N/n = Z y (Z an orthonormal basis of sum-zero vectors) the problem is
-    min eps + reg |y|^2 over z = (y, eps) subject to G z >= h, one row per coalition plus eps >= 0.
-    At the optimum only about n of the m rows bind, so after a few cheap interior-point steps on
-    every row each sample goes on with just the k = `work_rows` (default 3n) rows that look binding
-    (see `_ipm`). A check of all m rows then sends the rare sample whose set missed a binding row
-    round again with a larger k, up to all m rows: the exact problem. A sample with no positive h
-    is solved by the equal split with eps = 0 (its objective, 0, is the least possible).
-    The returned eps is the tightest one for the returned allocation."""
+    Efficiency is built in: A = A_N/n + Z y, Z [n, n-1] an orthonormal basis of the vectors that sum
+    to 0. Over z = (y, eps) the problem is then, with a row of G per coalition and one for eps >= 0,
+        min c.z + z'Qz/2  s.t.  G z >= h,   c = (0,..,0, 1),  Q = diag(2 reg,.., 2 reg, 0),
+        G_C = (M_C Z, 1), h_C = A_C - |C| A_N/n;   G_eps = (0,..,0, 1), h_eps = 0,
+    whose optimum, with slacks s = G z - h and multipliers lam, solves the KKT conditions
+        r_d = Q z + c - G'lam = 0,   r_p = G z - s - h = 0,   s * lam = 0,   s, lam >= 0.
+    Interior point: keep s, lam > 0 and take Newton steps towards s * lam = sigma mu (mu = mean of
+    s * lam). With lam ds + s dlam = r_c (r_c = sigma mu - s lam) and ds = G dz + r_p this leaves
+        (Q + G'WG) dz = G'(r_c / s - W r_p) - r_d,   W = diag(lam / s),   dlam = (r_c - lam ds) / s:
+    an n x n positive definite system per sample, a batched Cholesky. Mehrotra's predictor-corrector
+    picks sigma: an affine step (sigma = 0) that would shrink mu to mu_aff sets sigma = (mu_aff / mu)^3
+    and lends its second-order term -ds dlam to r_c. Steps go 0.99 of the way to s, lam >= 0.
+    Exact finish: near the optimum W grows without bound and rounding stalls the steps, so once
+    mu < 1e-6 every step also solves the rows with lam > s as equalities (augmented Lagrangian:
+    (Q + rho G_a'G_a) z = G_a'(lam_a + rho h_a) - c, then lam_a -= rho (G_a z - h_a), three times from
+    the interior point's lam). A sample leaves the batch when that answer meets every KKT condition
+    to 1e-9, or else once mu < 1e-13. Each sample's h is divided by its largest |h| (and Q multiplied
+    by it: the same problem in those units), so that one tolerance serves all."""
     dt, dev = torch.float64, coalition_adv.device
     B, m = coalition_adv.shape
     n = coalitions.shape[-1]
-    M = coalitions.to(dt)  # [m, n]
-    v, AN = coalition_adv.to(dt), grand_adv.to(dt)
-    if n == 1:
-        eps = (v - AN[:, None] * M[:, 0]).amax(1).clamp(min=0.0)
-        return AN[:, None].to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
-    Z = torch.linalg.qr(torch.eye(n, dtype=dt, device=dev) - 1.0 / n)[0][:, : n - 1]  # [n, n-1], 1^T Z = 0
-    G = torch.cat([M @ Z, torch.ones(m, 1, dtype=dt, device=dev)], 1)  # [m, n]: rows (M_c Z, 1)
-    h = v - M.sum(-1) * AN[:, None] / n  # [B, m]
-    scale = h.abs().amax(1, keepdim=True).clamp(min=1e-6)  # [B, 1], for relative tolerances
-    # reg = 0 is an LP whose working-set subproblems can be unbounded: solve it on every row
-    step = min(m, work_rows or 3 * n) if reg > 0 else m
-    z = torch.zeros(B, n, dtype=dt, device=dev)
-    todo = (h.amax(1) > 0).nonzero().squeeze(1)  # the others keep z = 0
-    for k in range(step, m + step, step):
-        for part in todo.tensor_split(max(1, round(len(todo) / chunk))):  # ~cache-sized chunks: faster than one batch
-            z[part] = _ipm(G, h[part], scale[part], reg, keep=min(k, m))
-        bad = (h[todo] - z[todo] @ G.T).amax(1) > 1e-7 * scale[todo, 0]  # a row violated
-        todo = todo[bad]
-        if not len(todo):
-            break
-    A = z[:, : n - 1] @ Z.T + AN[:, None] / n
-    eps = (v - A @ M.T).amax(1).clamp(min=0.0)
+    M, AN = coalitions.to(dt), grand_adv.to(dt)
+    Z = torch.linalg.qr(torch.eye(n, dtype=dt, device=dev) - 1.0 / n)[0][:, : n - 1]  # [n, n-1], 1'Z = 0
+    c = torch.zeros(n, dtype=dt, device=dev)
+    c[-1] = 1.0
+    G = torch.cat([torch.cat([M @ Z, torch.ones(m, 1, dtype=dt, device=dev)], 1), c[None]])  # [m+1, n]
+    GG = torch.einsum("ki,kj->kij", G, G).flatten(1)  # [m+1, n*n]: each row's g g'
+    h = torch.cat([coalition_adv.to(dt) - M.sum(1) * AN[:, None] / n, torch.zeros(B, 1, dtype=dt, device=dev)], 1)
+    scale = h.abs().amax(1, keepdim=True).clamp(min=1e-30)  # [B, 1]
+    h = h / scale
+    q = 2.0 * reg * scale * (1.0 - c)  # [B, n]: the diagonal of Q in these units
+    rho = (1e4 * q.amax(1, keepdim=True)).clamp(min=1.0)  # the equality penalty, far above Q's curvature
+
+    def cholesky(W, jitter=0.0):  # of Q + G'WG: [b, n, n]
+        H = torch.diag_embed(q) + (W @ GG).view(-1, n, n)
+        H.diagonal(dim1=1, dim2=2).mul_(1.0 + jitter)
+        return torch.linalg.cholesky_ex(H)
+
+    def max_step(ds, dlam):  # the largest a in (0, 1] that keeps s + a ds >= 0 and lam + a dlam >= 0
+        return 1.0 / (-torch.cat([ds / s, dlam / lam], 1).amin(1, keepdim=True)).clamp(min=1.0)
+
+    z = torch.zeros(B, n, dtype=dt, device=dev)  # start inside: the equal split, eps above every h
+    z[:, -1] = 1.0 + h.amax(1).clamp(min=0.0)
+    s = z @ G.T - h
+    lam = torch.ones_like(s)
+    z_out, live = z.clone(), torch.arange(B, device=dev)  # live: the samples still iterating
+    for _ in range(max_iters):
+        r_d, r_p, mu = q * z + c - lam @ G, z @ G.T - s - h, (s * lam).mean(1, keepdim=True)
+        if bool((mu < 1e-6).any()):  # exact finish: the rows that look binding, as equalities
+            D = rho * (lam > s)
+            L, bad = cholesky(D)
+            lam_a = lam * (lam > s)
+            for _step in range(3):
+                z_a = torch.cholesky_solve(((lam_a + D * h) @ G - c).unsqueeze(-1), L).squeeze(-1)
+                r = z_a @ G.T - h
+                lam_a = lam_a - D * r
+            kkt = torch.cat([(q * z_a + c - lam_a @ G).abs(), -r, (r * (D > 0)).abs(), -lam_a], 1).amax(1)
+            exact = (bad == 0) & (kkt <= 1e-9)
+            z_out[live] = torch.where(exact[:, None], z_a, z)
+            keep = ~exact & (mu[:, 0] >= 1e-13)  # the others leave the batch
+            live, z, s, lam, h, q, rho, r_d, r_p, mu = (x[keep] for x in (live, z, s, lam, h, q, rho, r_d, r_p, mu))
+            if not len(live):
+                break
+        W = lam / s
+        L, bad = cholesky(W)
+        if bool(bad.any()):  # late on, rounding can make it look indefinite: a touch more diagonal there
+            L = torch.where(bad[:, None, None] == 0, L, cholesky(W, 1e-12)[0])
+
+        def newton(r_c):
+            dz = torch.cholesky_solve(((r_c / s - W * r_p) @ G - r_d).unsqueeze(-1), L).squeeze(-1)
+            ds = dz @ G.T + r_p
+            return dz, ds, (r_c - lam * ds) / s
+
+        dz, ds, dlam = newton(-s * lam)  # predictor
+        a = max_step(ds, dlam)
+        sigma = (((s + a * ds) * (lam + a * dlam)).mean(1, keepdim=True) / mu) ** 3
+        dz, ds, dlam = newton(sigma * mu - s * lam - ds * dlam)  # corrector
+        a = 0.99 * max_step(ds, dlam)
+        z, s, lam = z + a * dz, s + a * ds, lam + a * dlam
+    z_out[live] = z  # (out of iterations: the rest as they stand)
+    A = AN[:, None] / n + (z_out[:, :-1] * scale) @ Z.T
+    eps = (coalition_adv.to(dt) - A @ M.T).amax(1).clamp(min=0.0)
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
-
-
-def _ipm(G, h, scale, reg, keep, max_iters=30, tol=1e-12, screen_iters=3, f32_iters=6, cross_iters=7):
-    """Primal-dual interior point (Mehrotra predictor-corrector), batched over samples:
-    min eps + reg |y|^2 over z = (y, eps) s.t. G z >= h and eps >= 0, for the shared G [m, n] and
-    each sample's h [B, m] (scale [B, 1] its size). -> z [B, n].
-    The first `screen_iters` steps run on all rows, from an interior point; then each sample keeps
-    only the `keep` rows with the largest multiplier-to-slack ratio (the ones heading to bind), and
-    the rest of the steps run on those: a few batched products with the samples' [keep + 1, n] row
-    blocks, elementwise work on [B, keep + 1] and a batched n x n Cholesky. The first `f32_iters`
-    steps run in float32 (or fewer, until a sample nears float32's resolution), the rest in
-    float64. From step `cross_iters` on, each step also tries a crossover: the rows whose
-    multiplier exceeds a tenth of their slack are solved as equalities (a few multiplier-method
-    steps on one more Cholesky), and a sample whose answer passes the KKT checks is done, exactly,
-    several steps before the interior point would converge. Converged samples leave the batch, so
-    the slowest do not keep it iterating. The caller checks the answer against all rows (a binding
-    row may have been dropped)."""
-    B, m = h.shape
-    n = G.shape[1]
-    dt, dev = G.dtype, G.device
-    unit = torch.zeros(n, dtype=dt, device=dev)
-    unit[-1] = 1.0  # the row eps >= 0, and the gradient of the linear part (eps)
-    G = torch.cat([G, unit[None]])  # [m + 1, n]; row m is eps >= 0
-    h64 = torch.cat([h, torch.zeros(B, 1, dtype=dt, device=dev)], 1)  # [B, m + 1]
-    qdiag = 2.0 * reg * (1.0 - unit)  # Hessian of the objective in z
-    # start inside the feasible set: the equal split with eps above every h, and multipliers
-    # summing to 1 (which makes the eps part of the dual residual zero)
-    z = torch.zeros(B, n, dtype=dt, device=dev)
-    z[:, -1] = h.amax(1).clamp(min=0.0) + 0.1 * scale[:, 0]
-    s = z[:, -1:] - h64
-    lam = torch.full_like(s, 1.0 / (m + 1))
-    z_out = z.clone()
-    live = torch.arange(B, device=dev)  # the samples still iterating
-    rows = None  # None: every row (dense products), else each sample's rows [b, p]
-    Gr = None  # in float64, each sample's row block G[rows] [b, p, n]
-    Gs, hs, scale_s, z, s, lam, qdiag_s, unit_s = (x.float() for x in (G, h64, scale, z, s, lam, qdiag, unit))
-    outer = (Gs[:, :, None] * Gs[:, None, :]).flatten(1)  # [m + 1, n * n]: each row's g g^T
-    Gst = Gs.T.contiguous()
-
-    def rows_times(x):  # G[rows] x: [b, n] -> [b, p]
-        return x @ Gst if rows is None else (x @ Gst).gather(1, rows)
-
-    def rows_t_times(w):  # G[rows]^T w: [b, p] -> [b, n]
-        if rows is None:
-            return (Gst @ w.T).T.contiguous()  # 3x faster than w @ Gs, whose output is only n wide
-        if Gr is None:  # float32: a weighted embedding bag is one fused gather-sum
-            return nn.functional.embedding_bag(rows, Gs, per_sample_weights=w, mode="sum")
-        # float64 (where the bag has no fast kernel): a product into a reused buffer (fresh ones
-        # of this size cost page faults on every call) and a sum beat a batched matmul
-        return torch.mul(Gr, w.unsqueeze(-1), out=buf).sum(1)
-
-    def normal_matrix(w):  # G[rows]^T diag(w) G[rows] + Q, plus a relative jitter (PD when reg = 0): [b, n, n]
-        if rows is None:
-            H = (w @ outer).view(-1, n, n)
-        elif Gr is None:  # float32: the rows' g g^T, summed by a weighted bag
-            H = nn.functional.embedding_bag(rows, outer, per_sample_weights=w, mode="sum").view(-1, n, n)
-        else:
-            H = torch.bmm(Gr.transpose(1, 2), torch.mul(Gr, w.unsqueeze(-1), out=buf))
-        jitter = 1e-14 if H.dtype == torch.float64 else 1e-6
-        diag = H.diagonal(dim1=1, dim2=2)
-        diag += jitter * diag.amax(1, keepdim=True) + (qdiag_s + jitter)
-        return H
-
-    def step_to_boundary(ds, dl):  # largest step in (0, 1] keeping s + a ds >= 0 and lam + a dl >= 0
-        fall = torch.minimum((ds / s).amin(1, keepdim=True), (dl / lam).amin(1, keepdim=True))  # >= -1/a
-        return (-fall).clamp(min=1.0).reciprocal()
-
-    def crossover():  # -> z [b, n] solving the problem with the rows that look binding as equalities, and
-        # whether that z is optimal: the KKT conditions on the sample's rows, each checked
-        act = lam > 0.1 * s
-        D = act * rho
-        L, info = torch.linalg.cholesky_ex(normal_matrix(D))
-        la = lam * act
-        for _ in range(3):  # method of multipliers from the interior point's multipliers: 3 steps reach rounding
-            zx = torch.cholesky_solve((rows_t_times(torch.addcmul(la, D, hs)) - unit_s).unsqueeze(-1), L).squeeze(-1)
-            r = rows_times(zx) - hs  # G z - h on the sample's rows
-            la = la - D * r
-        stationary = (zx * qdiag_s + unit_s - rows_t_times(la)).abs().amax(1) <= 1e-9 * scale_s[:, 0].clamp(min=1.0)
-        return zx, (info == 0) & stationary & (la.amin(1) >= -1e-9) & (  # multipliers >= 0
-            torch.where(act, r.abs(), -r).amax(1) <= 1e-8 * scale_s[:, 0])  # binding rows tight, the rest feasible
-
-    rho = 2e4 * reg if reg > 0 else 1.0  # the equality penalty, 1e4 times the curvature (each step gains 1e-4)
-
-    # the primal residual G z - s - h [b, p] is 0 at the start and each step scales it by (1 - a): None
-    # stands for 0 until float64 brings in the rounding of float32's steps
-    rp = None
-    for it in range(max_iters):
-        # float32 until a sample nears its resolution
-        near = Gs.dtype != dt and bool(((s * lam).mean(1) < 1e-7 * scale_s[:, 0]).any())
-        if rows is None and (it == screen_iters or near):  # on with each sample's `keep` rows that look binding
-            score = (lam / s).index_fill_(1, torch.tensor([m], device=dev), torch.inf)  # (and always eps >= 0)
-            # (positive float32s order as their bit patterns, and topk is faster on ints)
-            rows = score.view(torch.int32).topk(min(keep, m) + 1, 1, sorted=False).indices  # [b, p]
-            s, lam, hs = s.gather(1, rows), lam.gather(1, rows), hs.gather(1, rows)
-        if Gs.dtype != dt and rows is not None and (it == f32_iters or near):  # on in float64
-            s, lam = s.to(dt), lam.to(dt)
-            Gs, Gst, hs, Gr = G, G.T.contiguous(), h64.gather(1, rows), nn.functional.embedding(rows, G)
-            z, scale_s, qdiag_s, unit_s = z.to(dt), scale, qdiag, unit  # (no sample has left yet)
-            buf = torch.empty_like(Gr)
-            rp = rows_times(z) - s - hs  # in float64, once: a step of length a then scales it by 1 - a
-        rd = z * qdiag_s + unit_s - rows_t_times(lam)  # dual residual [b, n]
-        mu = (s * lam).mean(1, keepdim=True)
-        rd_max = rd.abs().amax(1, keepdim=True)
-        if Gs.dtype == dt:
-            done = ((mu < tol * scale_s) & (torch.maximum(rp.abs().amax(1, keepdim=True), rd_max) < 3e-8 * scale_s))
-            done = done.squeeze(1)
-            if it >= cross_iters:
-                zx, exact = crossover()
-                z, done = torch.where(exact.unsqueeze(1), zx, z), done | exact
-            if bool(done.any()):  # converged samples leave the batch
-                z_out[live[done]] = z[done]
-                stay = ~done
-                if not bool(stay.any()):
-                    break
-                live, rows, Gr, hs, scale_s = live[stay], rows[stay], Gr[stay], hs[stay], scale_s[stay]
-                buf = buf[: len(live)]
-                z, s, lam, rd, rp, mu, rd_max = z[stay], s[stay], lam[stay], rd[stay], rp[stay], mu[stay], rd_max[stay]
-        w = lam / s
-        L, info = torch.linalg.cholesky_ex(normal_matrix(w))
-        failed = info != 0  # such a sample stays put this step (a unit factor keeps its numbers finite)
-        if bool(failed.any()):
-            L[failed] = torch.eye(n, dtype=L.dtype, device=dev)
-
-        def newton(r):  # reduced KKT system for the complementarity target r * s
-            rhs = rows_t_times(r if rp is None else torch.addcmul(r, w, rp, value=-1.0)) - rd
-            dz = torch.cholesky_solve(rhs.unsqueeze(-1), L).squeeze(-1)
-            ds = rows_times(dz) if rp is None else rows_times(dz) + rp
-            return dz, ds, torch.addcmul(r, w, ds, value=-1.0)
-
-        dz, ds, dl = newton(-lam)  # predictor (affine scaling)
-        a = step_to_boundary(ds, dl)
-        sigma = ((torch.addcmul(s, a, ds) * torch.addcmul(lam, a, dl)).mean(1, keepdim=True) / mu).clamp(0, 1) ** 3
-        # but stay central while the dual residual lags: past that, ill-conditioned steps stall it
-        sigma = torch.maximum(sigma, (1e-3 * rd_max / mu).clamp(max=0.5))
-        dz, ds, dl = newton((sigma * mu - ds * dl) / s - lam)  # corrector
-        a = 0.99 * step_to_boundary(ds, dl)
-        if bool(failed.any()):
-            a = a.masked_fill(failed.unsqueeze(-1), 0.0)
-        z, s, lam = torch.addcmul(z, a, dz), torch.addcmul(s, a, ds), torch.addcmul(lam, a, dl)
-        if rp is not None:
-            rp = rp * (1.0 - a)  # (G dz - ds = -rp by construction of ds)
-    else:  # out of iterations: the rest as they stand
-        z_out[live] = z.to(dt)
-    return z_out
 
 
 def core_allocation_osqp(coalitions, coalition_adv, grand_adv, reg):
@@ -565,9 +471,8 @@ def sequential_actor_update(actors, optimizers, perm, b_obs, b_actions, b_logpro
 
 
 class QNet(nn.Module):
-    """One critic Q(s, a) on the state and the joint action. Its first layer is split,
-    h1 = W_s s + sum_i W_i a_i + b, so that a coalition's own actions and the sampled actions of
-    the others only meet in the sum of the per-agent terms W_i a_i."""
+    """One critic Q(s, a) on the state and the joint action: a first layer that takes s and the
+    actions through separate linear maps (`first_layer`), then a tanh MLP (`head`)."""
 
     def __init__(self, state_dim, n_agents, action_dim, hidden):
         super().__init__()
@@ -577,81 +482,38 @@ class QNet(nn.Module):
         self.head = nn.Sequential(nn.Tanh(), layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
                                   layer_init(nn.Linear(hidden, 1), std=1.0))
 
+    def first_layer(self, state, actions):
+        """state [..., S], actions [..., n, D] -> [..., H] (shapes broadcast)."""
+        return self.state_in(state) + self.action_in(actions.flatten(-2))
+
     def agent_terms(self, actions):
-        """Each agent's share of the first layer, W_i a_i: actions [..., n, D] -> [..., n, H]."""
+        """Agent i's part of the first layer's action map, W_i a_i: actions [..., n, D] -> [..., n, H]."""
         W = self.action_in.weight.view(-1, self.n, self.D)  # [H, n, D]
         return torch.einsum("...nd,hnd->...nh", actions, W)
 
     def forward(self, state, actions):
         """state [..., S], actions [..., n, D] -> Q [...]."""
-        return self.head(self.state_in(state) + self.action_in(actions.flatten(-2))).squeeze(-1)
+        return self.head(self.first_layer(state, actions)).squeeze(-1)
 
 
-def mc_coalition_q(qs, state, actions, mc_actions, coalitions, samples_per_chunk=32, rows_per_block=4096):
-    """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q_j(s, a_C, a^k_{-C}) for each critic Q_j in
-    `qs`, every sample and every coalition, batched over all of them.
-    state [B, S], actions [B, n, D] (taken), mc_actions [B, K, n, D] (from the current policies),
-    coalitions [m, n] bool -> [len(qs), B, m]. Three savings, all exact:
-    - one critic evaluation per distinct joint action: with draw k, coalition C's joint action
-      differs from the drawn one only at the agents of C whose draw is not their taken action
-      (D_k), so coalitions with the same C & D_k share one row (with continuous actions a draw
-      almost never repeats the taken action, so this saves nothing here; kept as in the discrete script);
-    - the first layer by tables: h1 = base + sum_i (e_i[taken] if i in C else e_i[drawn]); split the
-      agents into two halves: each half's sum takes one of 2^(n/2) values per draw, so h1 for a row
-      is the sum of one row of each half's table (an embedding bag of two rows);
-    - tanh(z) = 2 sigmoid(2z) - 1, the factors folded into the (small) tables and weights: the same
-      function, but sigmoid costs a sixth of tanh on the CPU, and the activations are most of this pass.
-    Samples go in chunks and rows through the critic in blocks that stay in the CPU cache."""
-    B, K, n = mc_actions.shape[:3]
-    m, dt, dev = coalitions.shape[0], state.dtype, state.device
-    H = qs[0].action_in.out_features
-    lo_n = n // 2
-    pow2 = 1 << torch.arange(n, device=dev)
-    code = (coalitions.long() * pow2).sum(1)  # [m]: each coalition as a bit mask
-
-    def subsets(k):  # every subset of k agents as 0/1 rows [2^k, k]
-        return ((torch.arange(2**k, device=dev)[:, None] >> torch.arange(k, device=dev)) & 1).to(dt)
-
-    # both halves' subsets as one block-diagonal 0/1 matrix [2^lo_n + 2^hi_n, n]
-    S = torch.block_diag(subsets(lo_n), subsets(n - lo_n))
-    n_lo = 1 << lo_n
-    critics = []
-    for q in qs:  # with u = sigmoid(2 z): h = 2u - 1, so 2 z2 = 4 W2 u1 + 2 (b2 - W2 1) and Q = 2 w3.u2 + b3 - w3.1
-        lin2, lin3 = q.head[1], q.head[3]
-        critics.append((q, 2.0 * (q.state_in(state) + q.action_in.bias), 4.0 * lin2.weight.T,
-                        2.0 * (lin2.bias - lin2.weight.sum(1)), 2.0 * lin3.weight[0], lin3.bias - lin3.weight[0].sum()))
-    out = torch.empty(len(qs), B, m, dtype=dt, device=dev)
-    samples_per_chunk = max(1, min(samples_per_chunk, 2**20 // (K << n)))  # a flag per (draw, C & D_k): <= 1 MB
-    for lo in range(0, B, samples_per_chunk):  # chunks of the batch, not per-sample work
-        sl = slice(lo, lo + samples_per_chunk)
-        bK = mc_actions[sl].shape[0] * K
-        differ = ((mc_actions[sl] != actions[sl, None]).any(-1).long() * pow2).sum(-1).view(bK, 1)  # D_k as bit masks
-        keys = (torch.arange(bK, device=dev).view(bK, 1) << n) + (code & differ)  # [bK, m]: (draw, C & D_k)
-        present = torch.zeros(bK << n, dtype=torch.bool, device=dev)
-        present[keys.flatten()] = True
-        rows = present.nonzero().squeeze(1)  # [R]: the distinct (draw, C & D_k)
-        row_of_key = (present.cumsum(0) - 1)[keys]  # [bK, m]
-        draw, key = rows >> n, rows & (1 << n) - 1
-        # each row's two table rows: its low half's subset, then its high half's, of its draw
-        pair = torch.stack([key & n_lo - 1, n_lo + (key >> lo_n)], 1) + draw.unsqueeze(1) * len(S)  # [R, 2]
-        for j, (q, base, w2, b2, w3, b3) in enumerate(critics):
-            e_taken = 2.0 * q.agent_terms(actions[sl])  # [b, n, H], doubled for the sigmoid form
-            e_mc = 2.0 * q.agent_terms(mc_actions[sl])  # [b, K, n, H]
-            swap = e_taken.unsqueeze(1) - e_mc  # replacing a draw by the taken action
-            # per (sample, draw): for every subset of each half, the sum over that half of the
-            # taken embedding inside the subset and the drawn one outside; the state term goes
-            # with the low half
-            tables = torch.matmul(S, swap)  # [b, K, 2^lo_n + 2^hi_n, H]
-            tables[:, :, :n_lo] += base[sl, None, None] + e_mc[:, :, :lo_n].sum(2, keepdim=True)
-            tables[:, :, n_lo:] += e_mc[:, :, lo_n:].sum(2, keepdim=True)
-            tables = tables.view(-1, H)
-            vals = torch.empty(len(rows), dtype=dt, device=dev)
-            for r in range(0, len(rows), rows_per_block):
-                blk = slice(r, r + rows_per_block)
-                u = nn.functional.embedding_bag(pair[blk], tables, mode="sum").sigmoid_()  # a fused gather-add
-                torch.mv(torch.addmm(b2, u, w2).sigmoid_(), w3, out=vals[blk])
-            out[j, sl] = vals[row_of_key].view(-1, K, m).mean(1) + b3
-    return out
+def mc_coalition_q(q, state, actions, mc_actions, coalitions, rows_per_chunk=8192):
+    """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_-C) for the critic q, every
+    sample and every coalition: q on all the mixed joint actions [sample, draw, coalition], in chunks
+    of samples of about `rows_per_chunk` joint actions (memory; and chunks that stay in the cache
+    run faster). state [B, S], actions [B, n, ...] (taken), mc_actions [B, K, n, ...] (drawn from
+    the current policies), coalitions [m, n] bool -> [B, m].
+    One saving: q's first layer is linear in the actions, so for "C keeps a_C, the others play draw
+    k" it is its value at draw k plus, for each agent i of C, i's term for a_i minus its term for
+    a^k_i; the rest of q (`head`) runs on every mixed joint action."""
+    K, m = mc_actions.shape[1], coalitions.shape[0]
+    inside = coalitions.to(state.dtype)  # [m, n]
+    out = []
+    for sl in torch.arange(len(state), device=state.device).split(max(1, rows_per_chunk // (K * m))):
+        drawn = q.first_layer(state[sl, None], mc_actions[sl])  # [b, K, H]
+        swap = q.agent_terms(actions[sl, None]) - q.agent_terms(mc_actions[sl])  # [b, K, n, H]
+        mixed = drawn.unsqueeze(2) + inside @ swap  # [b, K, m, H]: the first layer of each mixed action
+        out.append(q.head(mixed).squeeze(-1).mean(1))
+    return torch.cat(out)
 
 
 class TwinQ(nn.Module):
@@ -666,8 +528,8 @@ class TwinQ(nn.Module):
 
     def coalition_q(self, state, actions, policy, coalitions, mc_samples):
         """min_j (1/K) sum_k Q_j(s, a_C, a^k_-C): [B, m], a^k drawn from the policy (over [B, n])."""
-        mc_actions = policy.sample((mc_samples,)).transpose(0, 1)  # [B, K, n, D]
-        return mc_coalition_q(self.qs, state, actions, mc_actions, coalitions).amin(0)
+        mc_actions = policy.sample((mc_samples,)).transpose(0, 1)  # [B, K, n, ...]
+        return torch.minimum(*[mc_coalition_q(q, state, actions, mc_actions, coalitions) for q in self.qs])
 
 
 class QuadraticQ(nn.Module):
@@ -689,39 +551,31 @@ class QuadraticQ(nn.Module):
                                  for _ in range(2))
 
     def values(self, state, x):
-        """state [B, S], x [B, ..., n, D] (actions or policy means) -> [2, B, ...]."""
-        n, A, P = self.n, self.D, self.pi.shape[0]
+        """The form: state [B, S], x [B, ..., n, D] (actions or policy means) -> [2, B, ...].
+        The W_ij are the blocks above the diagonal of one [nD, nD] matrix W(s): the pair terms are x'W(s)x."""
+        n, A = self.n, self.D
+        xf = x.reshape(len(x), -1, n * A)  # [B, R, nD]
         out = []
         for trunk, head in zip(self.trunk, self.out):
-            coef = head(trunk(state))  # [B, 1 + nA + P A^2]
-            b, u, W = coef[:, :1], coef[:, 1 : 1 + n * A].view(-1, n, A), coef[:, 1 + n * A :].view(-1, P, A, A)
-            xs = x.reshape(x.shape[0], -1, n, A)  # [B, R, n, A]
-            quad = torch.einsum("brpa,bpac,brpc->br", xs[:, :, self.pi], W, xs[:, :, self.pj])
-            out.append((b + torch.einsum("bia,bria->br", u, xs) + quad).view(x.shape[:-2]))
+            coef = head(trunk(state))  # [B, 1 + nD + P D^2]: b, the u_i, the W_ij
+            W = coef.new_zeros(len(coef), n, n, A, A)
+            W[:, self.pi, self.pj] = coef[:, 1 + n * A :].view(len(coef), -1, A, A)
+            W = W.transpose(2, 3).reshape(-1, n * A, n * A)  # [B, nD, nD]
+            u = coef[:, 1 : 1 + n * A].unsqueeze(1)  # [B, 1, nD]
+            out.append((coef[:, :1] + (xf * (u + xf @ W)).sum(-1)).view(x.shape[:-2]))
         return torch.stack(out)
 
     def forward(self, state, actions):
         """Q_j(s, a) for taken actions [B, n, D] -> [2, B]."""
         return self.values(state, actions)
 
-    def coalition_q(self, state, actions, policy, coalitions, mc_samples=None):
-        """min_j Q_j(s, x) with x_i = a_i for i in C, mu_i otherwise: [B, m], exact.
-        Each x_i is one of two vectors, so each term of Q takes one of 2 (linear) or 4 (pairwise)
-        values per sample; every coalition's Q is a fixed 0/1 combination of them: one GEMM."""
-        dt = state.dtype
-        X = torch.stack([policy.mean.to(dt), actions.to(dt)], 2)  # [B, n, 2, D]
-        inside = nn.functional.one_hot(coalitions.long(), 2).to(dt)  # [m, n, 2]: (outside, inside) of C
-        pick_lin = inside.flatten(1)  # [m, 2n]
-        pick_quad = (inside[:, self.pi, :, None] * inside[:, self.pj, None, :]).flatten(1)  # [m, 4P]
-        n, A, P = self.n, self.D, self.pi.shape[0]
-        out = []
-        for trunk, head in zip(self.trunk, self.out):
-            coef = head(trunk(state))
-            b, u, W = coef[:, :1], coef[:, 1 : 1 + n * A].view(-1, n, A), coef[:, 1 + n * A :].view(-1, P, A, A)
-            lin = torch.einsum("bia,bisa->bis", u, X)  # [B, n, 2]
-            quad = torch.einsum("bpsa,bpac,bptc->bpst", X[:, self.pi], W, X[:, self.pj])  # [B, P, 2, 2]
-            out.append(b + lin.flatten(1) @ pick_lin.T + quad.flatten(1) @ pick_quad.T)
-        return torch.stack(out).amin(0)
+    def coalition_q(self, state, actions, policy, coalitions, mc_samples=None, samples_per_chunk=64):
+        """min_j Q_j(s, x) with x_i = a_i for i in C and mu_i otherwise: [B, m], exact: the form on
+        every coalition's x [b, m, n, D], in chunks of samples (memory)."""
+        means = policy.mean.to(state.dtype)
+        inside = coalitions[:, :, None]  # [m, n, 1]
+        return torch.cat([self.values(state[sl], torch.where(inside, actions[sl, None], means[sl, None])).amin(0)
+                          for sl in torch.arange(len(state), device=state.device).split(samples_per_chunk)])
 
 
 class Critic(nn.Module):
