@@ -319,20 +319,6 @@ def test_cora_continuous_runs(env_id, flags, tmp_path):
     test_scripts.test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
 
 
-def test_osqp_reference_path_matches_the_batched_solver():
-    from cleanmarl.cora_mappo import core_allocation_osqp
-
-    coalitions, v, AN = random_problem(6, 30, seed=21)
-    a_ipm, e_ipm = core_allocation(coalitions, v, AN, 1e-2)
-    a_osqp, e_osqp = core_allocation_osqp(coalitions, v, AN, 1e-2)
-    torch.testing.assert_close(a_osqp, a_ipm, atol=1e-4, rtol=0)
-    torch.testing.assert_close(e_osqp, e_ipm, atol=1e-4, rtol=0)
-
-
-def test_cora_runs_with_the_osqp_reference(tmp_path):
-    test_scripts.test_script_runs_and_logs(CORA, "matrix:climbing", tmp_path, extra=["--qp-solver", "osqp"])
-
-
 def test_stag_hunt_rewards():
     """matrix:stag-NxA pays by the number k of agents on action 0: 5 (k=0), -10 (k=1), 5 (1<k<n), 10 (k=n)."""
     from cleanmarl.envs import make_env

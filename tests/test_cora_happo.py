@@ -99,14 +99,14 @@ def test_an_agents_update_changes_only_its_own_parameters(module):
 @pytest.mark.parametrize("happo_module,mappo_module", [(cora_happo, cora_mappo), (cora_happo_cont, cora_mappo_cont)])
 def test_cora_machinery_is_cora_mappos(happo_module, mappo_module):
     """The coalition machinery is re-stated in each script: it must stay a verbatim copy."""
-    for name in ["all_coalitions", "sample_coalitions", "core_allocation", "core_allocation_osqp",
+    for name in ["all_coalitions", "sample_coalitions", "core_allocation",
                  "scale_allocation", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ", "true_coalition_adv"]:
         assert inspect.getsource(getattr(happo_module, name)) == inspect.getsource(getattr(mappo_module, name)), name
 
 
 def test_the_continuous_scripts_solve_the_qp_as_the_discrete_one():
     """The QP does not depend on the action family: the solver is the same text in both."""
-    for name in ["all_coalitions", "sample_coalitions", "core_allocation", "core_allocation_osqp",
+    for name in ["all_coalitions", "sample_coalitions", "core_allocation",
                  "scale_allocation"]:
         assert inspect.getsource(getattr(cora_mappo_cont, name)) == inspect.getsource(getattr(cora_mappo, name)), name
 
