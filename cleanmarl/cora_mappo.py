@@ -16,7 +16,8 @@ What this file implements, and where:
   twin critics Q_1, Q_2 on y = r + gamma V(s') (l. 11, 25) -> `TwinQ` / `QuadraticQ`, "Q critics" block
                                    (--q-epochs after the actor and V updates, in Alg. 1's order)
   m sampled coalitions (l. 13; --coalition-sets per block of timesteps) -> `sample_coalitions`
-  Eq. (7), Monte-Carlo: A_C = min_j 1/K sum_k Q_j(s, a_C, a^k_-C) - V(s) -> `mc_coalition_q`
+  Eq. (7), A_C = min_j E[Q_j(s, a_C, a_-C)] - V(s) in return units -> `coalition_advantages`
+  Eq. (7), Monte-Carlo: E[Q_j] ~ 1/K sum_k Q_j(s, a_C, a^k_-C)  -> `mc_coalition_q`
   Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with pi_j for j outside C
                                                          -> `QuadraticQ.coalition_q`
   Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
@@ -282,6 +283,16 @@ def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=50, chu
     A = AN[:, None] / n + (z_out[:, :-1] * scale) @ Z.T
     eps = (coalition_adv.to(dt) - A @ M.T).amax(1).clamp(min=0.0)
     return A.to(coalition_adv.dtype), eps.to(coalition_adv.dtype)
+
+
+def coalition_advantages(coalition_q, value, value_rms=None):
+    """Eq. (7): A_C = min_j E[Q_j(s, a_C, a_-C)] - V(s), in return units. coalition_q [B, m] is the
+    twin critics' min_j E[Q_j] (`coalition_q`); they learn in V's normalized units, so value_rms
+    (when value normalization is on) maps them back (affine: it commutes with the expectation).
+    value [B] is V(s) in return units -> [B, m]."""
+    if value_rms is not None:
+        coalition_q = value_rms.denormalize(coalition_q)
+    return coalition_q - value.unsqueeze(-1)
 
 
 def scale_allocation(alloc):
@@ -634,11 +645,9 @@ if __name__ == "__main__":
         return value_rms.denormalize(v) if args.value_norm else v
 
     def coalition_adv_of(state, actions, policy, coalitions):
-        """Eq. (7): A_C = min_j E[Q_j(s, a_C, a_-C)] - V(s) in return units [B, m]; the Q critics
-        share V's target normalization (affine, so it commutes with the expectation)."""
+        """Eq. (7) for a batch and a coalition set: [B, m] in return units."""
         q = twin_q.coalition_q(state, actions, policy, coalitions, args.mc_samples)
-        q = value_rms.denormalize(q) if args.value_norm else q
-        return q - value_of(state).unsqueeze(-1)
+        return coalition_advantages(q, value_of(state), value_rms if args.value_norm else None)
 
     # storage
     T, E = args.num_steps, args.num_envs

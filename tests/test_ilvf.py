@@ -191,10 +191,15 @@ def test_ilvf_runs_and_logs(env_id, flags, tmp_path):
         assert density == [1.0] * len(density)
     elif "individual" in flags:
         assert density == pytest.approx([1 / n] * len(density))
-    else:
-        assert all(1 / n <= x <= 1 for x in density)
+    elif "identity" in flags:  # thresholded from an identity start: the individual graph at first
+        assert density[0] == pytest.approx(1 / n, abs=0.05) and all(1 / n <= x < 1 for x in density), density
+    else:  # Bernoulli draws from a random start: neither the identity nor all ones
+        assert all(1 / n < x < 1 for x in density), density
     W = np.array(json.loads((run_dir / "eval.json").read_text())["influence"])
     assert W.shape == (3, n, n) and set(np.unique(W)) <= {0.0, 1.0}
+    assert (W.diagonal(axis1=1, axis2=2) == 1).all()  # Def. 2: an agent's own state always counts
+    if not {"global", "individual", "identity"} & set(flags):
+        assert 0 < W.sum() - 3 * n < 3 * n * (n - 1)  # some off-diagonal pairs on, some off
     assert (run_dir / "influence.png").stat().st_size > 1000
 
 

@@ -1,6 +1,7 @@
 """The training scripts: their pure functions, end-to-end runs on every family, bad input,
 determinism, and learning to a known optimum."""
 
+import importlib
 import json
 import os
 import signal
@@ -210,18 +211,18 @@ HAPPO = ROOT / "cleanmarl" / "happo.py"
 HAPPO_CONT = ROOT / "cleanmarl" / "happo_continuous.py"
 
 
-def test_optimistic_transform():
-    from cleanmarl.optimistic_mappo import optimistic_advantage
-
+@pytest.mark.parametrize("module", ["optimistic_mappo", "optimistic_mappo_continuous"])
+def test_optimistic_transform(module):
+    optimistic_advantage = importlib.import_module(f"cleanmarl.{module}").optimistic_advantage
     adv = torch.tensor([-2.0, -0.5, 0.0, 1.5])
     torch.testing.assert_close(optimistic_advantage(adv, 0.0), torch.tensor([0.0, 0.0, 0.0, 1.5]))
     torch.testing.assert_close(optimistic_advantage(adv, 0.1), torch.tensor([-0.2, -0.05, 0.0, 1.5]))
     torch.testing.assert_close(optimistic_advantage(adv, 1.0), adv)
 
 
-def test_happo_surrogate_by_hand():
-    from cleanmarl.happo import happo_surrogate
-
+@pytest.mark.parametrize("module", ["happo", "happo_continuous", "cora_happo", "cora_happo_continuous"])
+def test_happo_surrogate_by_hand(module):
+    happo_surrogate = importlib.import_module(f"cleanmarl.{module}").happo_surrogate
     ratio, adv, factor = torch.tensor([1.5, 0.5, 1.1]), torch.tensor([2.0, -1.0, -3.0]), torch.tensor([0.5, 2.0, 1.0])
     # min(r A, clip(r, 0.8, 1.2) A): [min(3, 2.4), min(-0.5, -0.8), min(-3.3, -3.3)]
     expected = factor * torch.tensor([2.4, -0.8, -3.3])
@@ -257,6 +258,33 @@ def test_happo_factor_is_the_product_of_earlier_agents_ratios():
         ratios = (actors.dist(obs, avail).log_prob(actions) - logprobs).exp()  # [B, n]
     assert not torch.allclose(ratios, torch.ones_like(ratios))  # the agents did move
     torch.testing.assert_close(factors[2], torch.ones(32))
+    torch.testing.assert_close(factors[0], ratios[:, 2])
+    torch.testing.assert_close(factors[1], ratios[:, 2] * ratios[:, 0])
+
+
+def test_happo_continuous_factor_is_the_product_of_earlier_agents_ratios():
+    """The same check for Gaussian policies (happo_continuous.py has its own sequential update)."""
+    from types import SimpleNamespace
+
+    from cleanmarl.happo_continuous import Actors, sequential_actor_update
+
+    n, B, D, obs_dim = 3, 32, 2, 5
+    torch.manual_seed(0)
+    actors = Actors(obs_dim, n, D, hidden=16, init_log_std=0.0)
+    optimizers = [torch.optim.Adam(list(net.parameters()) + [log_std], lr=0.05)
+                  for net, log_std in zip(actors.agents, actors.log_stds)]
+    obs = torch.randn(B, n, obs_dim)
+    with torch.no_grad():
+        dist = actors.dist(obs)
+        actions = dist.sample()
+        logprobs = dist.log_prob(actions).sum(-1)
+    args = SimpleNamespace(update_epochs=3, minibatch_size=B // 2, clip_coef=0.2, norm_adv=True, ent_coef=0.0,
+                           max_grad_norm=10.0, target_kl=None)
+    factors, _ = sequential_actor_update(actors, optimizers, [2, 0, 1], obs, actions, logprobs, torch.randn(B), args)
+    with torch.no_grad():
+        ratios = (actors.dist(obs).log_prob(actions).sum(-1) - logprobs).exp()  # [B, n]
+    assert not torch.allclose(ratios, torch.ones_like(ratios))
+    torch.testing.assert_close(factors[2], torch.ones(B))
     torch.testing.assert_close(factors[0], ratios[:, 2])
     torch.testing.assert_close(factors[1], ratios[:, 2] * ratios[:, 0])
 

@@ -12,13 +12,12 @@ from cleanmarl.envs import EnvError, make_env
 from tests import test_scripts
 from tests.test_benchmark_families import CORA, check_conformance, sample_available
 
-try:
-    from cleanmarl.envs import smax
+from cleanmarl.envs import smax
+from tests.families import installed
 
+HAS_SMAX = installed("smax", smax._jaxmarl, "pip install -r requirements-smax.txt")
+if HAS_SMAX:
     jax, jaxmarl, MAPS = smax._jaxmarl()
-    HAS_SMAX = True
-except ImportError:
-    HAS_SMAX = False
 pytestmark = pytest.mark.skipif(not HAS_SMAX, reason="SMAX not installed: pip install -r requirements-smax.txt")
 
 E = 4
@@ -147,7 +146,7 @@ def test_missing_jaxmarl_is_one_line(monkeypatch):
 
 
 @pytest.mark.parametrize("script", [test_scripts.MAPPO, CORA])
-def test_discrete_scripts_run_on_smax(script, tmp_path):
+def test_discrete_scripts_smoke_on_smax(script, tmp_path):
     test_scripts.test_script_runs_and_logs(script, ID, tmp_path)
     run_dir = test_scripts.only_run_dir(tmp_path)
     assert len(test_scripts.scalars(run_dir, "charts/win_rate")) >= 1
