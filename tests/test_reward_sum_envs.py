@@ -151,18 +151,51 @@ def test_cacc_scale_multiplies_rewards():
         torch.testing.assert_close(y.agent_reward, 0.001 * x.agent_reward)
 
 
-def test_cacc_collision_costs_everyone_and_ends_the_episode():
+def test_cacc_collision_costs_everyone_every_step_left_and_ends_the_episode():
+    """Chu et al. pay -1000 per vehicle at the collision step and every step after it; here the
+    collision step pays it for all T - t steps left (this one included) and terminates."""
     env = make_env("cacc:catchup", 3, seed=0)
     env.reset()
     env.h[0, 4] = 1.05  # vehicle 5 closes in on vehicle 4 at 5 m/s: gap below 1 m after this step
     env.v[0, 4] = 20.0
     s = env.step(torch.zeros(3, 8, dtype=torch.long))  # (α, β) = (0, 0): nobody brakes
     assert s.terminated.tolist() == [True, False, False] and not s.truncated.any()
-    assert (s.agent_reward[0] == -1000).all() and s.reward[0] == -8000
+    assert (s.agent_reward[0] == -1000 * 600).all() and s.reward[0] == -8000 * 600  # at step 0 of 600
     assert (s.agent_reward[1:] > -1000).all()
     assert s.final_state[0].ne(s.state[0]).any()  # env 0 was reset: a fresh catch-up start
     assert s.episodes.length[0] == 1
     assert env.h[0, 1:].eq(20).all() and env.v[0].eq(15).all()
+
+
+def _cacc_return(env_id, policy, E=32):
+    """Mean team return of the first episode of E envs (seed 0) and the share that crashed."""
+    env = make_env(env_id, E, seed=0)
+    env.reset()
+    ret, crashed, t = torch.full((E,), float("nan")), torch.zeros(E, dtype=torch.bool), 0
+    while ret.isnan().any():
+        s = env.step(policy(t, E))
+        t += 1
+        first = s.episodes.done & ret.isnan()
+        ret, crashed = torch.where(first, s.episodes.ret, ret), crashed | (first & s.terminated)
+    return ret.mean().item(), crashed.float().mean().item()
+
+
+def test_cacc_crashing_never_pays():
+    """Fixed policies, 32 episodes each (docs/envs/cacc.md's table): in both scenarios the policy
+    that crashes the platoon scores far below the one that drives safely."""
+    def always(a):
+        return lambda t, E: torch.full((E, 8), a, dtype=torch.long)
+
+    def ram(t, E):  # vehicle 1 speeds up on its long gap (alpha only) for 40 steps, then holds its speed
+        a = torch.full((E, 8), 3, dtype=torch.long)
+        a[:, 0] = 1 if t < 40 else 0
+        return a
+
+    for env_id, crash_policy, safe_policy in (("cacc:catchup", ram, always(3)), ("cacc:slowdown", always(0), always(3))):
+        crash, crash_share = _cacc_return(env_id, crash_policy)
+        safe, safe_share = _cacc_return(env_id, safe_policy)
+        assert crash_share == 1.0 and safe_share == 0.0, (env_id, crash_share, safe_share)
+        assert crash < 10 * safe, (env_id, crash, safe)  # about -4.1M against -46k / -276k
 
 
 def test_cacc_initial_conditions():

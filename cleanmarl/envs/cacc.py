@@ -19,8 +19,13 @@ h' = h + dt/2 (v_lead + v_lead' - v - v'). Episodes last 600 steps (60 s).
 Reward of vehicle i after the step (h*, v* = 20 m, 15 m/s):
     r_i = -(h_i - 20)² - (v_i - 15)² - 0.1 u_i² - 5 min(h_i - 10, 0)²
 where the last term applies in training (the default) and not with `eval=1`. If any headway falls
-below 1 m the step is a collision: every vehicle gets -1000 and the episode terminates (Chu et al.
-keep paying -1000 until their batch ends; ending at once gives the same signal without padding).
+below 1 m the step is a collision. Chu et al.'s env (`cacc_env.py` in their deeprl_network) then
+pays every vehicle -1000 at that step and at every step after it, the platoon frozen, until the
+episode ends. Here the collision step pays each vehicle -1000 for every step left in the episode,
+that one included (-1000 (T - t) at step t of T), at once, and the episode terminates: the same
+undiscounted return, with no frozen steps to pad and no time-limit bootstrap from a crashed state.
+So crashing never pays: a crash at step t costs more than any safe driving over the rest of the
+episode, whose reward is bounded by the (quadratic) deviations a safe platoon can reach.
 
 Scenarios (U ~ U[0, 1), one draw per episode):
   catchup   vehicle 1's headway starts at 20 (1.5 + U), the others at 20; every vehicle and the
@@ -156,5 +161,6 @@ class CACC(MultiAgentEnv):
         self.v = v_next
         collision = (self.h < H_COLLIDE).any(-1)
         reward = vehicle_reward(self.h, self.v, self.u, self.train)
-        reward = torch.where(collision.unsqueeze(-1), torch.full_like(reward, -COLLISION_PENALTY), reward)
+        left = (self.spec.episode_limit - t).to(reward.dtype)  # steps left, this one included
+        reward = torch.where(collision.unsqueeze(-1), -COLLISION_PENALTY * left.unsqueeze(-1), reward)
         return self.scale * reward, collision, None
