@@ -97,7 +97,9 @@ class Args:
     critic_learning_rate: float = 8e-5
     """the learning rate of the influence critics (Table 1)"""
     anneal_lr: bool = True
-    """toggle linear annealing of both learning rates to 0"""
+    """toggle linear annealing of the actor's learning rate to 0"""
+    anneal_critic_lr: bool = True
+    """toggle linear annealing of the influence critics' (attention, V_i, Q_i) learning rate to 0"""
     gamma: float = 0.99
     """the discount factor gamma"""
     gae_lambda: float = 0.95
@@ -130,10 +132,12 @@ class Args:
     """toggle one actor network shared by all agents (the MAPPO paper's choice); off: an actor per agent"""
 
     # ILVF
-    influence: Literal["learned", "global", "individual"] = "learned"
-    """credit: "learned" the ILVF local advantages; "global" every agent the summed advantage (MAPPO, reward sum); "individual" its own (IPPO-C)"""
+    influence: Literal["learned", "global", "individual", "oracle"] = "learned"
+    """credit: "learned" the ILVF local advantages; "global" every agent the summed advantage (MAPPO, reward sum); "individual" its own (IPPO-C); "oracle" local advantages over the env's true coupling graph (the upper bound for "learned")"""
     inferring: bool = True
     """toggle inferring A-Q influence from state influence (Eq. 7); --no-inferring: attention over actions (App. B.3, Eq. 20)"""
+    q_actions: Literal["weighted", "joint"] = "weighted"
+    """with --inferring, how Q_i sees the actions: "weighted" each agent's one-hot action padded next to its state and weighted with it, sum_j w^g_ij [s_j, a_j] (the paper, Sec. 4.3.1); "joint" the joint one-hot action concatenated unweighted"""
     tau: float = 1.0
     """temperature of the Gumbel attention w^g = sigmoid((h + g) / tau); 1 is the paper's form (> 0)"""
     discretize: Literal["bernoulli", "threshold"] = "bernoulli"
@@ -325,15 +329,20 @@ class InfluenceCritic(nn.Module):
     """Agent i's critic phi_i = [phi^h_i, phi^V_i, phi^Q_i] for every i, batched over agents.
     Attention logits h_i = f^h_i(s) [n]; with inferring (Eq. 7):
         V_i = f^V_i(w_i1 s_1, ..., w_in s_n)      (weighted agent states, concatenated)
-        Q_i = f^Q_i(sum_j w^g_ij s_j, a)          (noisy weights, summed; a the joint one-hot action)
+        Q_i = f^Q_i(sum_j w^g_ij [s_j, a_j])      (q_actions "weighted", the paper's Sec. 4.3.1: each
+                                                   agent's one-hot action padded next to its state,
+                                                   weighted and summed with it, so the actions train
+                                                   the attention too)
+        Q_i = f^Q_i(sum_j w^g_ij s_j, a)          (q_actions "joint": the joint one-hot action unweighted)
     without inferring (App. B.3, Eq. 19-20):
         V_i = f^V_i(s_1, ..., s_n),  Q_i = f^Q_i(s_1, ..., s_n, sum_j w^g_ij a_j)  (one-hot a_j).
     s_j is the env's `agent_state`; h reads the global `state`. Values are in normalized units."""
 
-    def __init__(self, state_dim, agent_state_dim, n_agents, n_actions, hidden, inferring, w_init, w_init_logit):
+    def __init__(self, state_dim, agent_state_dim, n_agents, n_actions, hidden, inferring, w_init, w_init_logit,
+                 q_actions="weighted"):
         super().__init__()
         n, d, A = n_agents, agent_state_dim, n_actions
-        self.n, self.A, self.inferring = n, A, inferring
+        self.n, self.A, self.inferring, self.q_actions = n, A, inferring, q_actions
         self.attention = AgentMLP(n, state_dim, hidden, n, out_std=1.0 if w_init == "random" else 0.01)
         if w_init != "random":  # App. D: start W near the identity or near all ones
             eye = torch.eye(n)
@@ -341,7 +350,8 @@ class InfluenceCritic(nn.Module):
             with torch.no_grad():
                 self.attention.biases[-1].copy_(w_init_logit * (2.0 * start - 1.0))
         self.v = AgentMLP(n, n * d, hidden, 1, out_std=1.0)
-        self.q = AgentMLP(n, (d + n * A) if inferring else (n * d + A), hidden, 1, out_std=1.0)
+        q_in = (d + A if q_actions == "weighted" else d + n * A) if inferring else n * d + A
+        self.q = AgentMLP(n, q_in, hidden, 1, out_std=1.0)
 
     def logits(self, state):
         """h [..., n, n]: row i = f^h_i(s)."""
@@ -362,7 +372,9 @@ class InfluenceCritic(nn.Module):
         """(V [..., n], Q [..., n], w^g [..., n, n]) with fresh Gumbel noise, for the Eq. (9) loss."""
         w, w_g = gumbel_attention(self.logits(state), tau)
         onehot = nn.functional.one_hot(actions, self.A).to(agent_state.dtype)  # [..., n, A]
-        if self.inferring:
+        if self.inferring and self.q_actions == "weighted":
+            x = w_g @ torch.cat([agent_state, onehot], -1)  # [..., n, d + A]
+        elif self.inferring:
             x = torch.cat([w_g @ agent_state, onehot.flatten(-2).unsqueeze(-2).expand(*w.shape[:-1], -1)], -1)
         else:
             x = torch.cat([agent_state.flatten(-2).unsqueeze(-2).expand(*w.shape[:-1], -1), w_g @ onehot], -1)
@@ -460,6 +472,12 @@ if __name__ == "__main__":
         fail(f"--capture-video: {args.env_id} cannot render videos yet")
     spec = envs.spec
     n, A = spec.n_agents, spec.n_actions
+    graph = envs.influence_graph  # [n, n] bool, the true S-V influence, where the env gives it
+    if args.influence == "oracle" and graph is None:
+        envs.close()
+        fail(f"--influence oracle needs the env's coupling graph, which {args.env_id} does not give "
+             "(the reward-sum families mpe:, pcp:, cacc:, coupled: and atsc: do)")
+    eye = torch.eye(n, dtype=torch.bool, device=device)
 
     if args.track:
         try:
@@ -476,7 +494,7 @@ if __name__ == "__main__":
     else:
         actor = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
     critic = InfluenceCritic(spec.state_dim, spec.agent_state_dim, n, A, args.hidden_dim, args.inferring,
-                             args.w_init, args.w_init_logit).to(device)
+                             args.w_init, args.w_init_logit, args.q_actions).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
@@ -488,11 +506,13 @@ if __name__ == "__main__":
 
     def influence_of(state):
         """W_hat [..., n, n] for states [..., S]: sampled from the critics' Gumbel attention
-        ("learned"), all ones ("global") or the identity ("individual")."""
+        ("learned"), all ones ("global"), the identity ("individual") or the env's true coupling
+        graph ("oracle", the upper bound for a learned W_hat)."""
         if args.influence == "learned":
             _, w_g = gumbel_attention(critic.logits(state), args.tau)
             return discretize_influence(w_g, args.discretize, args.threshold)
-        fixed = torch.ones(n, n, device=device) if args.influence == "global" else torch.eye(n, device=device)
+        fixed = {"global": torch.ones(n, n, device=device), "individual": torch.eye(n, device=device),
+                 "oracle": graph.float() if graph is not None else None}[args.influence]
         return fixed.expand(*state.shape[:-1], n, n)
 
     # storage
@@ -523,9 +543,10 @@ if __name__ == "__main__":
     finished = True
     try:
         for iteration in range(1, args.num_iterations + 1):
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
             if args.anneal_lr:
-                frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
+            if args.anneal_critic_lr:
                 critic_optimizer.param_groups[0]["lr"] = frac * args.critic_learning_rate
 
             # ---- rollout ------------------------------------------------------------------
@@ -585,7 +606,16 @@ if __name__ == "__main__":
             with torch.no_grad():
                 b_W_hat = influence_of(b_state)  # [B, n, n], W_hat[b, j, i] = 1: s_i influences V_j
                 b_local_adv = local_advantages(b_advantages, b_W_hat)  # [B, n]
-                attention_mean = torch.sigmoid(critic.logits(b_state)).mean()
+                attention = torch.sigmoid(critic.logits(b_state))  # [B, n, n], the noise-free w
+                attention_mean = attention.mean()
+                if graph is not None:  # how close the attention and W_hat are to the true graph (off the diagonal)
+                    coupled, uncoupled = graph & ~eye, ~graph & ~eye
+                    coupled_mean = attention[:, coupled].mean().item() if coupled.any() else float("nan")
+                    uncoupled_mean = attention[:, uncoupled].mean().item() if uncoupled.any() else float("nan")
+                    drawn = b_W_hat[:, ~eye] > 0.5  # [B, n(n-1)]
+                    hits = (drawn & graph[~eye]).sum().item()
+                    precision = hits / drawn.sum().item() if drawn.any() else float("nan")
+                    recall = hits / (len(drawn) * coupled.sum().item()) if coupled.any() else float("nan")
             clipfracs = []
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(args.batch_size, device=device)
@@ -640,6 +670,11 @@ if __name__ == "__main__":
             writer.add_scalar("losses/q_loss", q_loss.item(), global_step)
             writer.add_scalar("influence/density", b_W_hat.mean().item(), global_step)
             writer.add_scalar("influence/attention_mean", attention_mean.item(), global_step)
+            if graph is not None:
+                writer.add_scalar("influence/coupled_mean", coupled_mean, global_step)
+                writer.add_scalar("influence/uncoupled_mean", uncoupled_mean, global_step)
+                writer.add_scalar("influence/precision", precision, global_step)
+                writer.add_scalar("influence/recall", recall, global_step)
             writer.add_scalar("charts/SPS", sps, global_step)
             count = int(ep_count)
             if count:

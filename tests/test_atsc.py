@@ -252,3 +252,18 @@ def test_mappo_smoke_on_grid4x4(tmp_path):
     lengths = [e.value for e in acc.Scalars("charts/episodic_length")]
     assert len(returns) == 2 and all(np.isfinite(returns)) and lengths == [20.0] * 2
     assert all(e.value > 0 for e in acc.Scalars("charts/SPS"))
+
+
+@needs_sumo
+def test_influence_graph_is_the_grid_adjacency():
+    """grid4x4's signals A0..D3: each one's traffic feeds its 4-neighbours' incoming lanes."""
+    env = make_env("atsc:grid4x4,seconds=100", 1, seed=0)
+    try:
+        ids, graph = env.signal_ids, env.influence_graph
+    finally:
+        env.close()
+    where = {sid: ("ABCD".index(sid[0]), int(sid[1])) for sid in ids}
+    for i, a in enumerate(ids):
+        for j, b in enumerate(ids):
+            (x1, y1), (x2, y2) = where[a], where[b]
+            assert bool(graph[i, j]) == (abs(x1 - x2) + abs(y1 - y2) <= 1), (a, b)

@@ -233,7 +233,8 @@ def test_learned_influence_reaches_the_optimum_where_individual_advantages_fail(
     """coupled:ring (4 agents): raising your level costs you 1 and pays your successor 3 per step.
     On the same seed and budget, individual advantages (IPPO-C) keep every level at 0 (return 0),
     while the learned local advantages (which add the successor's A to agent i's) reach the
-    optimum 216."""
+    optimum 216. Measured (greedy / final training return): learned 216 / 190, individual 0 / 0,
+    the untrained policy (learning rate 0) 20 / 80."""
     results = {}
     for influence in ("learned", "individual"):
         cwd = tmp_path / influence
@@ -245,19 +246,62 @@ def test_learned_influence_reaches_the_optimum_where_individual_advantages_fail(
         summary = json.loads((only_run_dir(cwd) / "eval.json").read_text())
         assert summary["optimal_return"] == 216.0
         results[influence] = summary["eval_return_mean"]
+        if influence == "learned":
+            assert scalars(only_run_dir(cwd), "charts/episodic_return")[-1][1] >= 150  # untrained: 80
     assert results == {"learned": 216.0, "individual": 0.0}
 
-    # the learned attention found the coupling graph: agent i's critic attends to its predecessor
-    # i - 1 (whose state pays agent i) more than to the agents that do not affect it
-    checkpoint = torch.load(next((tmp_path / "learned" / "runs").glob("*/*.cleanmarl_model")), weights_only=False)
-    critic = InfluenceCritic(32, 8, 4, 3, hidden=64, inferring=True, w_init="random", w_init_logit=4.0)
-    critic.load_state_dict(checkpoint["critic"])
-    torch.manual_seed(0)
-    env, states = make_env("coupled:ring", 256, 0), []
-    for _ in range(9):  # states of random play
-        states.append(env.step(torch.randint(0, 3, (256, 4))).state)
-    with torch.no_grad():
-        w = torch.sigmoid(critic.logits(torch.cat(states))).mean(0)  # [n, n]
-    for i in range(4):
-        unrelated = [j for j in range(4) if j not in (i, (i - 1) % 4)]
-        assert w[i, (i - 1) % 4] > w[i, unrelated].mean() + 0.1, w
+    # the learned attention separates the coupling graph (agent i's predecessor) from the rest:
+    # measured 0.41 above over the last quarter of this run (weighted actions in Q, the paper's form)
+    run_dir = only_run_dir(tmp_path / "learned")
+    gap = [c - u for (_, c), (_, u) in zip(scalars(run_dir, "influence/coupled_mean"), scalars(run_dir, "influence/uncoupled_mean"))]
+    assert np.mean(gap[-len(gap) // 4 :]) >= 0.15, gap
+
+
+def test_learned_influence_finds_the_ring_of_eight(tmp_path):
+    """coupled:ring-8, seed 1, 20k steps (the ring-4 test's settings): the learned attention and
+    the drawn W_hat against the true graph (agent i <- i - 1), off the diagonal, over the last
+    quarter of the run. Measured: attention 0.68 on the 8 coupled pairs and 0.44 on the 48 others;
+    W_hat recall 0.72, precision 0.19 (chance, drawing pairs at random: 8/56 = 0.14). With the
+    joint action given to Q unweighted (the earlier form), seeds 1-3 measured gaps 0.22 / -0.03 /
+    -0.05 against 0.24 / 0.28 / 0.45 here (docs/ilvf.md)."""
+    r = run(ILVF, "--env-id", "coupled:ring-8", "--seed", "1", "--total-timesteps", "20000", "--num-envs", "8",
+            "--num-steps", "50", "--learning-rate", "1e-3", "--critic-learning-rate", "3e-3", "--update-epochs", "5",
+            cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = only_run_dir(tmp_path)
+
+    def late(tag):
+        values = [v for _, v in scalars(run_dir, tag)]
+        return np.mean(values[-len(values) // 4 :])
+
+    assert late("influence/coupled_mean") - late("influence/uncoupled_mean") >= 0.15
+    assert late("influence/recall") >= 0.65 and late("influence/precision") >= 0.17
+
+
+def test_oracle_uses_the_true_graph(tmp_path):
+    r = run(ILVF, "--env-id", "coupled:ring-8", "--influence", "oracle", "--total-timesteps", "800", "--num-envs", "8",
+            "--num-steps", "50", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = only_run_dir(tmp_path)
+    assert [v for _, v in scalars(run_dir, "influence/precision")] == [1.0, 1.0]
+    assert [v for _, v in scalars(run_dir, "influence/recall")] == [1.0, 1.0]
+    assert [v for _, v in scalars(run_dir, "influence/density")] == [16 / 64] * 2  # diagonal + predecessor
+
+
+def test_oracle_needs_a_graph_is_one_line(tmp_path):
+    r = run(ILVF, "--env-id", "vmas:navigation", "--influence", "oracle", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "--influence oracle needs the env's coupling graph" in r.stderr
+
+
+def test_weighted_q_input_is_the_paper_form():
+    """Q_i = f(sum_j w^g_ij [s_j, a_j]) (Sec. 4.3.1: actions padded next to the states, weighted and
+    aggregated with them): with w^g the identity, agent i's Q sees only its own state and action."""
+    critic = InfluenceCritic(6, 2, 3, 4, hidden=8, inferring=True, w_init="identity", w_init_logit=50.0)
+    state, agent_state = torch.randn(5, 6), torch.randn(5, 3, 2)
+    actions = torch.randint(0, 4, (5, 3))
+    seen = []
+    critic.q.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    critic(state, agent_state, actions, tau=1e-3)
+    expected = torch.cat([agent_state, torch.nn.functional.one_hot(actions, 4).float()], -1)  # [5, 3, 2 + 4]
+    torch.testing.assert_close(seen[0], expected, atol=1e-4, rtol=0)

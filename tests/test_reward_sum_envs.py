@@ -286,6 +286,23 @@ def test_encircle_reward_coupling_graph():
         changed = set(torch.nonzero((r - base).abs() > 1e-6).flatten().tolist())
         paper_odd = k % 2 == 0
         assert changed == ({k, (k - 1) % n, (k + 1) % n} if paper_odd else {k}), (k, changed)
+    # the env's influence_graph says the same: column k lists the agents whose reward reads agent k
+    graph = placed_encircle(n, pos, [0, 0]).influence_graph
+    for k in range(n):
+        expected = {k, (k - 1) % n, (k + 1) % n} if k % 2 == 0 else {k}
+        assert set(graph[:, k].nonzero().flatten().tolist()) == expected, k
+
+
+def test_influence_graphs_of_the_reward_sum_families():
+    """[i, j] true when agent j's state enters agent i's reward or transition (diagonal true)."""
+    def pairs(graph):
+        return {(i, j) for i, j in graph.nonzero().tolist() if i != j}
+
+    assert make_env("coupled:ring-4", 1, 0).influence_graph.diagonal().all()
+    assert pairs(make_env("coupled:ring-4", 1, 0).influence_graph) == {(0, 3), (1, 0), (2, 1), (3, 2)}  # r_i reads x_{i-1}
+    assert pairs(make_env("cacc:catchup", 1, 0).influence_graph) == {(i, i - 1) for i in range(1, 8)}  # follows i - 1
+    # action agent 4 + k hears perception agents k and k + 1 (mod 4)
+    assert pairs(make_env("pcp:", 1, 0).influence_graph) == {(4, 0), (4, 1), (5, 1), (5, 2), (6, 2), (6, 3), (7, 3), (7, 0)}
 
 
 def test_encircle_observations_follow_the_graph():

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import os
 import signal
 import subprocess
@@ -88,6 +89,21 @@ def import_sumo_rl(libsumo: bool):
     except ImportError as e:
         raise EnvError(f"atsc: sumo-rl cannot be imported ({e}): {INSTALL}") from None
     return SumoEnvironment
+
+
+def signal_graph(net_file: str, ids) -> torch.Tensor:
+    """[n, n] bool, [i, j] true when an edge leaving signal j's junction feeds signal i's incoming
+    lanes (j's traffic reaches i's queues and rewards), and the diagonal: the network's adjacency."""
+    import sumolib
+
+    net = sumolib.net.readNet(net_file)
+    lanes = [net.getTLS(i).getConnections() for i in ids]  # (incoming lane, outgoing lane, link index)
+    into = [{c[0].getEdge().getID() for c in conns} for conns in lanes]
+    out_of = [{c[1].getEdge().getID() for c in conns} for conns in lanes]
+    graph = torch.eye(len(ids), dtype=torch.bool)
+    for i, j in itertools.permutations(range(len(ids)), 2):
+        graph[i, j] = bool(out_of[j] & into[i])
+    return graph
 
 
 def has_libsumo() -> bool:
@@ -341,6 +357,7 @@ class TrafficSignals(MultiAgentEnv):
         n, A = len(first.ids), max(first.n_phases)
         obs_dim = max(first.obs_sizes)
         self.signal_ids = first.ids
+        self.influence_graph = signal_graph(net, first.ids).to(device)
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=obs_dim, state_dim=n * obs_dim, agent_state_dim=obs_dim,
                        episode_limit=seconds // delta_time, discrete=True, n_actions=int(A))
         super().__init__(spec, num_envs, device)

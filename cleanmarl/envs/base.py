@@ -100,6 +100,12 @@ class MultiAgentEnv:
     # advantages that credit-assignment diagnostics compare against follow from it alone.
     reward_of = None
 
+    # influence_graph [n, n] bool: entry [i, j] is true when agent j's state enters agent i's reward
+    # or transition (the diagonal is true), i.e. s_j influences V_i, in ILVF's W_hat convention.
+    # Defined by the reward-sum families; the truth that ILVF's learned influence is measured
+    # against, and the W_hat of `--influence oracle`.
+    influence_graph = None
+
     def _split_shared(self, reward: torch.Tensor) -> torch.Tensor:
         """A shared team reward [E] as equal individual rewards [E,n] that sum to it."""
         n = self.spec.n_agents

@@ -98,6 +98,9 @@ class CACC(MultiAgentEnv):
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=3 * N_FEATURES, state_dim=n * N_FEATURES,
                        agent_state_dim=N_FEATURES, episode_limit=int(steps), discrete=True, n_actions=len(GAINS))
         super().__init__(spec, num_envs, device)
+        # vehicle i's transition reads the speed of vehicle i - 1 (a crash couples everyone, once)
+        self.influence_graph = torch.eye(n, dtype=torch.bool, device=self.device)
+        self.influence_graph[torch.arange(1, n), torch.arange(n - 1)] = True
         E = num_envs
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         self.gains = torch.tensor(GAINS, device=self.device)  # [4, 2]

@@ -45,6 +45,9 @@ class CoupledRing(MultiAgentEnv):
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=d, state_dim=2 * n * d, agent_state_dim=2 * d,
                        episode_limit=HORIZON, discrete=True, n_actions=3, optimal_return=float(best))
         super().__init__(spec, num_envs, device)
+        agents = torch.arange(n, device=self.device)
+        self.influence_graph = torch.eye(n, dtype=torch.bool, device=self.device)
+        self.influence_graph[agents, (agents - 1) % n] = True  # r_i reads x_{i-1}
         self.level = torch.zeros(num_envs, n, dtype=torch.long, device=self.device)  # x [E, n]
         self._eye = torch.eye(2 * d, device=self.device)
         self._parity = (torch.arange(n, device=self.device) % 2) * d  # offset of (i mod 2) in agent_state

@@ -94,6 +94,9 @@ class Encircle(MultiAgentEnv):
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=own + 8, state_dim=2 + 2 * K + 4 * n,
                        agent_state_dim=own, episode_limit=steps, discrete=True, n_actions=len(DIRECTIONS))
         super().__init__(spec, num_envs, device)
+        self.influence_graph = torch.eye(n, dtype=torch.bool, device=self.device)
+        for k in range(1, n, 2):  # the paper's even agents' rewards read their two neighbours' positions
+            self.influence_graph[k, [(k - 1) % n, (k + 1) % n]] = True
         E, dev = num_envs, self.device
         self.K = K
         self.gen = torch.Generator(device=dev).manual_seed(seed)

@@ -69,6 +69,12 @@ class PredatorCapturePrey(MultiAgentEnv):
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=obs_dim, state_dim=6 * n + 3, agent_state_dim=6,
                        episode_limit=cfg["max_steps"], discrete=True, n_actions=len(MOVES), has_win=True)
         super().__init__(spec, num_envs, device)
+        # rewards and moves are each agent's own; an action agent's value depends on the two
+        # perception agents it hears (what they see is all it learns of the prey): the
+        # communication graph, as the ILVF paper's Fig. 6 draws it
+        self.influence_graph = torch.eye(N_PERCEPTION + N_ACTION, dtype=torch.bool, device=self.device)
+        for k in range(N_ACTION):
+            self.influence_graph[N_PERCEPTION + k, list(heard_by(k))] = True
         E, dev = num_envs, self.device
         self.gen = torch.Generator(device=dev).manual_seed(seed)
         self.moves = torch.tensor(MOVES, device=dev)
