@@ -145,7 +145,7 @@ ilvf_grid() {  # steps env-ids...
   shift
   for env in "$@"; do
     emit "$steps" mappo.py "$env" "$T1_ILVF"
-    for mode in learned global individual; do
+    for mode in learned oracle global individual; do
       emit "$steps" ilvf_ppo.py "$env" "$T1_ILVF" --influence "$mode" --exp-name "ilvf_ppo_$mode"
     done
   done

@@ -65,7 +65,8 @@ def test_table_v_settings_reach_the_commands():
     half = bench("matrix", "--dry-run", "--seeds", "7", "--steps-scale", "0.5").stdout
     assert "--seed 7 --total-timesteps 50000 " in half
     ilvf = bench("cacc", "--dry-run", "--seeds", "1").stdout
-    assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 8
+    assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 2 * 5  # mappo + 4 ILVF arms
+    assert ilvf.count("--influence oracle --exp-name ilvf_ppo_oracle") == 2
 
 
 def test_bad_input_is_one_clear_line():
