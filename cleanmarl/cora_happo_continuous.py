@@ -750,7 +750,7 @@ if __name__ == "__main__":
                 else:
                     old_v, targets = values, returns
 
-            # ---- HAPPO update: the actors one after another --------------------------------
+            # ---- the batch ----------------------------------------------------------------
             b_obs, b_state = obs.flatten(0, 1), state.flatten(0, 1)
             b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n, D], [B, n]
             b_advantages = advantages.flatten()  # [B]: A_N, the grand coalition's advantage
@@ -790,6 +790,7 @@ if __name__ == "__main__":
                         truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], actors.dist(b_obs[:k]),
                                                    coalitions_of[:k])
                     adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
+            # ---- HAPPO update (Alg. 1 l. 22-23): the actors one after another, each with its A_i ----
             perm = torch.randperm(n).tolist()  # a fresh agent order at every update
             factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_actions,
                                                      b_logprobs, b_alloc, args)

@@ -708,7 +708,7 @@ if __name__ == "__main__":
                 else:
                     old_v, targets = values, returns
 
-            # ---- PPO update ---------------------------------------------------------------
+            # ---- the batch ----------------------------------------------------------------
             b_obs, b_state = obs.flatten(0, 1), state.flatten(0, 1)
             b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n, D], [B, n]
             b_advantages = advantages.flatten()  # [B]: A_N, the grand coalition's advantage
@@ -748,6 +748,7 @@ if __name__ == "__main__":
                         truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], actor.dist(b_obs[:k]),
                                                    coalitions_of[:k])
                     adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
+            # ---- PPO update (Alg. 1 l. 22-24): each agent's surrogate with its own A_i; V -------
             clipfracs = []
             for epoch in range(args.update_epochs):
                 b_inds = torch.randperm(args.batch_size, device=device)

@@ -23,7 +23,8 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
   paired        with `--paired ALGO`: for every other algorithm, the per-seed difference ALGO - it
                 of final and AUC over the seeds both ran (seeded games draw the same game for
                 both, so the pairing removes the game-to-game spread), with its t-interval;
-  diagnostics   where runs log them (CORA's core/adv_corr and core/equal_split_frac), per seed
+  diagnostics   where runs log them (CORA's core/adv_corr and core/equal_split_frac, ILVF's
+                influence/coupled_mean, uncoupled_mean, precision and recall), per seed
                 the mean over the first quarter of the updates and over the rest, NaNs left out.
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
@@ -44,7 +45,8 @@ import numpy as np
 from scipy import stats
 
 RETURN_TAG, WIN_TAG = "charts/episodic_return", "charts/win_rate"
-DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac")
+DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac", "influence/coupled_mean", "influence/uncoupled_mean",
+                   "influence/precision", "influence/recall")
 RUN_NAME = re.compile(r"^(?P<env>.+)__(?P<exp>[^_].*?)__(?P<seed>\d+)__(?P<time>\d+)$")
 
 
