@@ -106,6 +106,13 @@ class MultiAgentEnv:
     # against, and the W_hat of `--influence oracle`.
     influence_graph = None
 
+    # render() -> an RGB frame [H, W, 3] uint8 of env 0, for videos of evaluation episodes.
+    # Defined (with can_render = True) by the families that draw: VMAS, MaMuJoCo, SMAX.
+    can_render = False
+
+    def render(self):
+        raise EnvError(f"{self.spec.env_id}: this family cannot render videos (vmas:, mamujoco: and smax: can)")
+
     def _split_shared(self, reward: torch.Tensor) -> torch.Tensor:
         """A shared team reward [E] as equal individual rewards [E,n] that sum to it."""
         n = self.spec.n_agents

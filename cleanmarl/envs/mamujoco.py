@@ -13,11 +13,19 @@ Adapter choices:
 - terminated: the robot fell (MuJoCo's termination); the 1000-step time limit is a truncation,
   bootstrapped by the scripts, never a termination.
 MuJoCo simulates one env per instance, so the E parallel envs are E instances stepped in turn.
+Videos render env 0 offscreen (MUJOCO_GL=egl unless the user chose a backend). Two messages the
+packages print on every run are dropped (gymnasium-robotics' notice about the Adroit hand envs
+and MuJoCo's deprecation of `settotalmass` in the robots' XML); anything else they print passes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
 import re
+import sys
+import tempfile
 import warnings
 
 import numpy as np
@@ -27,12 +35,36 @@ from .base import EnvError, EnvSpec, MultiAgentEnv
 
 INSTALL = "pip install -r requirements-mujoco.txt"
 _PATTERN = re.compile(r"^([A-Za-z0-9]+)-(\w+)$")
+_NOISE = ("AdroitHandRelocateDense-v1", "compiler attribute 'settotalmass' is deprecated")
+
+
+@contextlib.contextmanager
+def _without_noise():
+    """Hold back what the packages print (Python's sys.stderr and MuJoCo's C-level fd 2) and pass
+    on every line but the two known notices above."""
+    sys.stderr.flush()
+    saved, captured = os.dup(2), tempfile.TemporaryFile(mode="w+")
+    text = io.StringIO()
+    os.dup2(captured.fileno(), 2)
+    try:
+        with contextlib.redirect_stderr(text):
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        captured.seek(0)
+        lines = (captured.read() + text.getvalue()).splitlines()
+        captured.close()
+        kept = [line for line in lines if line.strip() and not any(noise in line for noise in _NOISE)]
+        if kept:
+            print("\n".join(kept), file=sys.stderr)
 
 
 class MaMuJoCo(MultiAgentEnv):
     def __init__(self, env_id: str, scenario: str, num_envs: int, seed: int, device, options: dict[str, str]):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering for videos, no display needed
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _without_noise():
                 warnings.simplefilter("ignore")
                 from gymnasium_robotics import mamujoco_v1
         except ImportError:
@@ -46,7 +78,14 @@ class MaMuJoCo(MultiAgentEnv):
             raise EnvError(f"{env_id}: unknown options {sorted(unknown)}; valid: agent_obsk, max_steps")
         try:
             obsk = int(options.get("agent_obsk", 1))
-            self.envs = [mamujoco_v1.parallel_env(robot, conf, agent_obsk=obsk) for _ in range(num_envs)]
+        except ValueError:
+            raise EnvError(f"{env_id}: agent_obsk must be an integer >= 0, got '{options['agent_obsk']}'") from None
+        if obsk < 0:
+            raise EnvError(f"{env_id}: agent_obsk must be an integer >= 0, got {obsk}")
+        try:
+            with _without_noise():
+                self.envs = [mamujoco_v1.parallel_env(robot, conf, agent_obsk=obsk, render_mode="rgb_array")
+                             for _ in range(num_envs)]
         except Exception as e:  # the package raises assorted errors for unknown robots/partitions
             raise EnvError(f"{env_id}: MaMuJoCo cannot build {robot} {conf} ({type(e).__name__}: {e})") from None
         first = self.envs[0]
@@ -57,9 +96,12 @@ class MaMuJoCo(MultiAgentEnv):
         if len({s.shape[0] for s in spaces}) != 1 or len({(float(s.low.min()), float(s.high.max())) for s in spaces}) != 1:
             raise EnvError(f"{env_id}: agents with different action sizes or bounds are not supported")
         limit = first.unwrapped.single_agent_env.spec.max_episode_steps or 1000
-        max_steps = int(options.get("max_steps", limit))
+        try:
+            max_steps = int(options.get("max_steps", limit))
+        except ValueError:
+            max_steps = 0
         if not 1 <= max_steps <= limit:
-            raise EnvError(f"{env_id}: max_steps must be in [1, {limit}], got {max_steps}")
+            raise EnvError(f"{env_id}: max_steps must be an integer in [1, {limit}], got '{options['max_steps']}'")
         spec = EnvSpec(env_id=env_id, n_agents=n, obs_dim=max(obs_dims), state_dim=first.state().shape[0],
                        agent_state_dim=max(obs_dims), episode_limit=max_steps, discrete=False,
                        action_dim=spaces[0].shape[0], action_low=float(spaces[0].low.min()),
@@ -70,6 +112,15 @@ class MaMuJoCo(MultiAgentEnv):
         self._obs = np.zeros((num_envs, n, spec.obs_dim), dtype=np.float32)
         self._state = np.zeros((num_envs, spec.state_dim), dtype=np.float32)
         self._avail = torch.ones(num_envs, n, 1, dtype=torch.bool, device=self.device)
+
+    can_render = True
+
+    def render(self):
+        try:
+            return self.envs[0].render()
+        except Exception as e:  # no OpenGL backend for MuJoCo's offscreen renderer
+            raise EnvError(f"{self.spec.env_id}: MuJoCo cannot render ({type(e).__name__}: {e}); "
+                           "set MUJOCO_GL=egl or MUJOCO_GL=osmesa (apt install libosmesa6)") from None
 
     def _record(self, i: int, obs: dict) -> None:
         for j, agent in enumerate(self.agents):

@@ -61,6 +61,13 @@ def _jaxmarl():
     return jax, jaxmarl, MAP_NAME_TO_SCENARIO
 
 
+def _units_of_env0(state) -> dict:
+    """Env 0's units of a batched SMAX state, as numpy arrays."""
+    return {"positions": np.asarray(state.unit_positions[0]), "alive": np.asarray(state.unit_alive[0]),
+            "health": np.asarray(state.unit_health[0]), "teams": np.asarray(state.unit_teams[0]),
+            "types": np.asarray(state.unit_types[0])}
+
+
 def _to_torch(arrays, device) -> tuple[torch.Tensor, ...]:
     """JAX arrays -> torch tensors on `device` (zero-copy on the CPU)."""
     return tuple(torch.from_dlpack(x).to(device) for x in arrays)
@@ -134,7 +141,30 @@ class Smax(MultiAgentEnv):
         spec = EnvSpec(env_id=env_id, n_agents=env.num_allies, obs_dim=obs_dim, state_dim=state_dim, agent_state_dim=obs_dim,
                        episode_limit=max_steps, discrete=True, n_actions=env.action_spaces[agent].n, has_win=True)
         super().__init__(spec, num_envs, device)
+        self._env = env
         self._view = None  # (obs, state, avail, active) as torch tensors, set by every reset and step
+
+    can_render = True
+
+    def render(self, size: int = 480):
+        """Env 0 from above: allies blue, enemies red, each unit a disc of its type's radius (at
+        least 2 px) whose colour fades with its health; dead units are not drawn."""
+        env, units = self._env, _units_of_env0(self._states.state)
+        scale = size / max(env.map_width, env.map_height)
+        frame = np.full((size, size, 3), 235, dtype=np.uint8)
+        ys, xs = np.mgrid[0:size, 0:size]
+        full_health = np.asarray(env.unit_type_health)[units["types"]]
+        for pos, alive, health, team, kind, top in zip(units["positions"], units["alive"], units["health"],
+                                                        units["teams"], units["types"], full_health):
+            if not alive:
+                continue
+            cx, cy = pos[0] * scale, size - pos[1] * scale
+            radius = max(2.0, float(env.unit_type_radiuses[kind]) * scale)
+            disc = (xs - cx) ** 2 + (ys - cy) ** 2 <= radius**2
+            strength = 0.3 + 0.7 * max(0.0, float(health / top))
+            colour = np.array((40, 90, 220) if team == 0 else (220, 50, 40), dtype=float)
+            frame[disc] = (235 + strength * (colour - 235)).astype(np.uint8)
+        return frame
 
     def _record(self, view) -> None:
         self._view = _to_torch(view, self.device)

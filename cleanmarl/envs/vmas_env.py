@@ -13,9 +13,14 @@ Adapter choices:
   scenarios); the team reward is their mean and agent i's reward is r_i / n, so individual
   rewards sum to the team reward and a shared reward is counted once;
 - terminated: VMAS's `done`; truncated: the `max_steps` limit, applied by the base class.
+Options are checked before VMAS sees them: `max_steps` and `n_agents` must be integers >= 1, an
+option the scenario does not use is an error (VMAS itself only warns), and whatever else the
+scenario rejects is reported in one line.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -23,6 +28,7 @@ from .base import EnvError, EnvSpec, MultiAgentEnv
 
 DEFAULT_MAX_STEPS = 100
 INSTALL = "pip install vmas  (see requirements.txt)"
+POSITIVE_INT_OPTIONS = ("max_steps", "n_agents")  # the options every scenario that takes them reads as counts
 
 
 def _parse_value(text: str):
@@ -45,13 +51,23 @@ class VmasEnv(MultiAgentEnv):
         if scenario not in known:
             raise EnvError(f"unknown VMAS scenario '{scenario}'; valid: {', '.join(known)}")
         kwargs = {k: _parse_value(v) for k, v in kwargs.items()}
-        max_steps = int(kwargs.pop("max_steps", DEFAULT_MAX_STEPS))
+        for key in POSITIVE_INT_OPTIONS:
+            value = kwargs.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise EnvError(f"{env_id}: {key} must be an integer >= 1, got '{value}'")
+        max_steps = kwargs.pop("max_steps", DEFAULT_MAX_STEPS)
         try:
-            self.env = vmas.make_env(scenario, num_envs=num_envs, device=device,
-                                     continuous_actions=continuous, seed=seed, max_steps=None,
-                                     **kwargs)
-        except TypeError as e:  # a scenario kwarg the scenario does not accept
-            raise EnvError(f"{env_id}: {e}") from None
+            with warnings.catch_warnings():  # VMAS warns about options the scenario never reads
+                warnings.filterwarnings("error", message="Scenario kwargs")
+                self.env = vmas.make_env(scenario, num_envs=num_envs, device=device,
+                                         continuous_actions=continuous, seed=seed, max_steps=None,
+                                         **kwargs)
+        except UserWarning as e:  # "Scenario kwargs: {...} passed but not used by the scenario. ..."
+            unused = str(e).split(" passed")[0].removeprefix("Scenario kwargs: ")
+            raise EnvError(f"{env_id}: the {scenario} scenario has no options {unused} "
+                           "(its options are the keyword arguments of its make_world in VMAS)") from None
+        except Exception as e:  # the scenario's own checks: asserts, type errors
+            raise EnvError(f"{env_id}: VMAS's {scenario} rejects these options ({type(e).__name__}: {e})") from None
         n = self.env.n_agents
         obs_dims = [int(space.shape[0]) for space in self.env.observation_space]
         spaces = list(self.env.action_space)
@@ -73,6 +89,11 @@ class VmasEnv(MultiAgentEnv):
         super().__init__(spec, num_envs, device)
         self._obs: list[torch.Tensor] = []  # VMAS's latest per-agent observations [E, d_i]
         self._avail = torch.ones(num_envs, n, spec.n_actions or 1, dtype=torch.bool, device=self.device)
+
+    can_render = True
+
+    def render(self):
+        return self.env.render(mode="rgb_array", env_index=0)
 
     def _reset_envs(self, mask):
         if bool(mask.all()):
