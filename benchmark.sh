@@ -320,22 +320,36 @@ write_array() {  # dir
   ln -sfn "$ROOT/cleanmarl" "$dir/cleanmarl"
   cat > "$dir/array_task.sh" <<EOF
 #!/usr/bin/env bash
-# Slurm job array for benchmark group '$GROUP': task i runs line i of commands.txt.
+# Slurm job array for benchmark group '$GROUP': task i runs line i of commands.txt. A task stopped
+# by SIGTERM (preemption, or the warning 120 s before the time limit) saves its checkpoint, is
+# requeued, and resumes from that checkpoint (the last "model saved to" line of its log).
 #SBATCH --job-name=cleanmarl-$GROUP
 #SBATCH --array=1-$count
 #SBATCH --cpus-per-task=1
 #SBATCH --mem=4G
 #SBATCH --time=${SLURM_TIME:-24:00:00}
+#SBATCH --requeue
+#SBATCH --signal=B:TERM@120
 #SBATCH --output=$dir/logs/slurm-%A_%a.out
 set -uo pipefail
 cd "$dir"
 i=\${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID to a line number of commands.txt}
 cmd=\$(sed -n "\${i}p" commands.txt)
 [ -n "\$cmd" ] || { echo "no command on line \$i of $dir/commands.txt" >&2; exit 2; }
-echo "\$cmd" > "logs/task-\$i.log"
-bash -c "\$cmd" >> "logs/task-\$i.log" 2>&1
+log="logs/task-\$i.log"
+ckpt=\$(sed -n 's/^model saved to //p' "\$log" 2>/dev/null | tail -n 1)
+[ -n "\$ckpt" ] && [ -f "\$ckpt" ] && cmd="\$cmd --checkpoint \$ckpt"  # an earlier attempt was stopped
+echo "\$cmd" >> "\$log"
+bash -c "exec \$cmd" >> "\$log" 2>&1 &
+child=\$!
+trap 'kill -TERM \$child 2>/dev/null' TERM INT  # the script saves its checkpoint and exits 143
+wait \$child
 rc=\$?
+while kill -0 \$child 2>/dev/null; do wait \$child; rc=\$?; done  # a trapped signal ends the first wait early
 echo "task \$i exit \$rc: \$cmd" >> logs/status.txt
+if [ "\$rc" = 143 ] && [ -n "\${SLURM_JOB_ID:-}" ]; then
+  scontrol requeue "\${SLURM_ARRAY_JOB_ID:-\$SLURM_JOB_ID}_\$i" && echo "task \$i requeued" >> logs/status.txt
+fi
 exit \$rc
 EOF
   echo "$count"

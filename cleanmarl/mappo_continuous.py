@@ -21,11 +21,14 @@ What this file implements, and where:
 Shape convention: [T, E, n, ...] = (time, envs, agents, features); B = T * E samples.
 """
 
+import copy
 import json
 import os
 import random
+import signal
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -57,11 +60,17 @@ class Args:
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
     capture_video: bool = False
-    """if toggled, record videos of the evaluation episodes (no env family here renders yet)"""
+    """if toggled, record the first episode of each greedy evaluation to videos/{run_name}/ (vmas, mamujoco, smax)"""
     save_model: bool = False
-    """if toggled, save a checkpoint to runs/{run_name}/ and evaluate it greedily"""
+    """if toggled, save a checkpoint to runs/{run_name}/ at the end and evaluate it greedily (an interrupted run always saves one)"""
+    checkpoint: Optional[str] = None
+    """a checkpoint this script wrote: resume its run (same run folder), or evaluate it with --eval-only"""
+    eval_only: bool = False
+    """if toggled, evaluate --checkpoint greedily (eval.json next to it) and exit without training"""
+    eval_interval: int = 0
+    """env steps between greedy evaluations during training, logged as eval/...; 0: none"""
     eval_episodes: int = 10
-    """number of greedy evaluation episodes after training (with --save-model)"""
+    """number of greedy evaluation episodes (one per parallel env)"""
     threads: int = 1
     """torch CPU threads (1 is fastest and stable on small shared machines)"""
 
@@ -115,13 +124,113 @@ class Args:
     init_log_std: float = 0.0
     """initial log standard deviation of the Gaussian policy (in action units)"""
 
-    # to be filled in at runtime
+    # to be filled in at runtime (never set by hand)
     batch_size: int = 0
     """env-steps per rollout (num_envs * num_steps)"""
     minibatch_size: int = 0
     """env-steps per minibatch"""
     num_iterations: int = 0
     """number of rollouts"""
+
+
+# The valid range of every numeric flag, checked before anything starts.
+FLAG_RANGES = {
+    "seed": ">= 0", "eval_interval": ">= 0", "eval_episodes": ">= 1", "threads": ">= 1",
+    "total_timesteps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1",
+    "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
+    "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
+    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
+    "init_log_std": "in [-10, 2]",
+}
+# Flags a resumed run may change; every other flag it sets must match the checkpoint's run.
+RUN_FLAGS = {"checkpoint", "eval_only", "eval_interval", "eval_episodes", "capture_video", "save_model",
+             "total_timesteps", "track", "wandb_project_name", "wandb_entity", "threads", "cuda"}
+SCRIPT = os.path.basename(__file__)
+
+
+def fail(message):
+    """A user error: one line on stderr and exit status 2, never a traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_args(args):
+    """Each numeric flag against its range in FLAG_RANGES (NaN fails every range)."""
+    for name, rule in FLAG_RANGES.items():
+        value = getattr(args, name)
+        if value is None:  # an optional flag left unset
+            continue
+        op, bound = rule.split(" ", 1)
+        if op == "in":  # "in [a, b]" (closed) or "in (a, b)" (open)
+            low, high = (float(x) for x in bound[1:-1].split(","))
+            ok = low <= value <= high if bound[0] == "[" else low < value < high
+        else:
+            ok = value >= float(bound) if op == ">=" else value > float(bound)
+        if not ok:
+            fail(f"--{name.replace('_', '-')} must be {rule}, got {value}")
+
+
+def load_checkpoint(args):
+    """Read --checkpoint and take on its run's flags: a flag left at its default takes the
+    checkpoint's value, and one set to another value must match it (outside RUN_FLAGS)."""
+    try:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    except Exception as e:  # missing file, not a torch file, truncated
+        fail(f"--checkpoint {args.checkpoint}: cannot read it ({type(e).__name__}: {e})")
+    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
+        writer = ckpt.get("script", "another program") if isinstance(ckpt, dict) else "another program"
+        fail(f"--checkpoint {args.checkpoint} was written by {writer}; run it with that script, not {SCRIPT}")
+    defaults = vars(Args())
+    for name, saved in ckpt["args"].items():
+        given = getattr(args, name, None)
+        if name not in defaults or name in ("batch_size", "minibatch_size", "num_iterations"):
+            continue
+        if given == defaults[name]:
+            setattr(args, name, saved)
+        elif given != saved and name not in RUN_FLAGS:
+            fail(f"--checkpoint {args.checkpoint} is a run with --{name.replace('_', '-')} {saved}, not {given}: "
+                 "leave the flag out to use the checkpoint's")
+    return ckpt
+
+
+def snapshot(models, optimizers, args, iteration, global_step):
+    """Everything a run needs to go on exactly: weights, optimizers, value normalizer, the
+    position in the run and the RNG states, copied. Taken after every iteration, so that an
+    interrupt saves the last whole iteration and the resumed run repeats the same steps."""
+    return copy.deepcopy({"script": SCRIPT, "args": vars(args), "iteration": iteration, "global_step": global_step,
+                          "models": {k: m.state_dict() for k, m in models.items()},
+                          "optimizers": {k: o.state_dict() for k, o in optimizers.items()}, "rng": rng_state()})
+
+
+def save_checkpoint(path, state):
+    """Write a snapshot through a temporary file, so a kill during the write keeps the old one whole."""
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    print(f"model saved to {path}")
+
+
+def restore_checkpoint(ckpt, models, optimizers):
+    """Load the checkpoint's weights and optimizer states (a one-line error if they do not fit)."""
+    try:
+        for name, module in models.items():
+            module.load_state_dict(ckpt["models"][name])
+        for name, optimizer in optimizers.items():
+            optimizer.load_state_dict(ckpt["optimizers"][name])
+    except (KeyError, RuntimeError, ValueError) as e:
+        fail(f"--checkpoint does not fit this run's networks ({str(e).splitlines()[0]})")
+
+
+def rng_state():
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def restore_rng(rng):
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
@@ -246,39 +355,58 @@ class Critic(nn.Module):
         return self.net(state).squeeze(-1)
 
 
-def evaluate(actor, env_id, episodes, seed, device):
-    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs.
-    Same seed as training: for seeded games (matrix, diff) the seed picks the game itself."""
+def evaluate(actor, env_id, episodes, seed, device, video_path=None):
+    """Greedy evaluation: team return (and win) of the first episode of each of `episodes` envs;
+    with video_path, env 0's episode is recorded there. Same seed as training: for seeded games
+    (matrix, diff) the seed picks the game itself."""
     env = make_env(env_id, episodes, seed, device, action_type="continuous")
     step = env.reset()
+    frames = [env.render()] if video_path else []
     returns = torch.full((episodes,), float("nan"), device=device)
     wins = torch.zeros(episodes, device=device)
     with torch.no_grad():
         while returns.isnan().any():
             step = env.step(actor(step.obs))  # the mean action
             first = step.episodes.done & returns.isnan()
+            if video_path and returns[0].isnan() and not first[0]:
+                frames.append(env.render())
             returns = torch.where(first, step.episodes.ret, returns)
             if step.episodes.win is not None:
                 wins = torch.where(first, step.episodes.win.float(), wins)
     env.close()
+    if video_path:
+        write_video(video_path, frames)
     return returns, wins if env.spec.has_win else None
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+def write_video(path, frames, fps=10):
+    import imageio.v2 as imageio  # with imageio-ffmpeg (requirements.txt): an mp4 without a system ffmpeg
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with warnings.catch_warnings():  # JAX (SMAX) warns at any fork, here ffmpeg's fork-and-exec
+        warnings.filterwarnings("ignore", message="os.fork")
+        with imageio.get_writer(path, fps=fps, macro_block_size=1) as video:
+            for frame in frames:
+                video.append_data(frame)
+    print(f"video saved to {path}")
 
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
+    if args.eval_only and not args.checkpoint:
+        fail("--eval-only needs --checkpoint PATH (a checkpoint this script wrote)")
+    ckpt = load_checkpoint(args) if args.checkpoint else None
+    check_args(args)
     args.batch_size = args.num_envs * args.num_steps
-    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+    if args.batch_size % args.num_minibatches:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations < 1:
         fail(f"--total-timesteps ({args.total_timesteps}) is less than one rollout ({args.batch_size} steps)")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    # a resumed run writes on into its own folder, so its TensorBoard curves continue
+    run_name = (os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint))) if ckpt
+                else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
 
     # seeding
     random.seed(args.seed)
@@ -295,8 +423,8 @@ if __name__ == "__main__":
         envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="continuous")
     except EnvError as e:
         fail(str(e))
-    if args.capture_video:
-        fail(f"--capture-video: {args.env_id} cannot render videos yet")
+    if args.capture_video and not envs.can_render:
+        fail(f"--capture-video: {args.env_id} cannot render videos (vmas:, mamujoco: and smax: can)")
     spec = envs.spec
     n, D = spec.n_agents, spec.action_dim
 
@@ -307,8 +435,6 @@ if __name__ == "__main__":
             fail("--track needs Weights and Biases: pip install wandb")
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
     if args.share_actor:
         actor = Actor(spec.obs_dim, n, D, args.hidden_dim, args.agent_id, args.init_log_std).to(device)
@@ -318,6 +444,41 @@ if __name__ == "__main__":
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)
+
+    models = {"actor": actor, "critic": critic, "value_rms": value_rms}
+    optimizers = {"actor": actor_optimizer, "critic": critic_optimizer}
+    if ckpt:
+        restore_checkpoint(ckpt, models, optimizers)
+
+    def greedy_evaluation(global_step):
+        """Evaluate the current actor (and record a video); returns the eval.json summary."""
+        video = f"videos/{run_name}/eval_{global_step}.mp4" if args.capture_video else None
+        training_rng = rng_state()  # envs such as VMAS seed the global RNGs: training's streams must not move
+        eval_returns, eval_wins = evaluate(actor, args.env_id, args.eval_episodes, args.seed, device, video)
+        restore_rng(training_rng)
+        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
+                   "global_step": global_step, "optimal_return": spec.optimal_return}
+        if eval_wins is not None:
+            summary["eval_win_rate"] = eval_wins.mean().item()
+        if video and args.track:
+            wandb.log({"videos": wandb.Video(video)})
+        return summary
+
+    if args.eval_only:
+        envs.close()
+        summary = greedy_evaluation(ckpt["global_step"])
+        with open(os.path.join(os.path.dirname(args.checkpoint), "eval.json"), "w") as f:
+            json.dump(summary, f)
+        print("greedy evaluation: " + json.dumps(summary))
+        sys.exit(0)
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+
+    def log_evaluation(summary):
+        writer.add_scalar("eval/episodic_return", summary["eval_return_mean"], summary["global_step"])
+        if "eval_win_rate" in summary:
+            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], summary["global_step"])
 
     def value_of(state):
         """V(s) in return units (denormalized when value normalization is on)."""
@@ -334,21 +495,24 @@ if __name__ == "__main__":
     dones = torch.zeros((T, E), device=device)
     values = torch.zeros((T, E), device=device)
 
-    def save_checkpoint():
-        path = f"runs/{run_name}/{args.exp_name}.cleanmarl_model"
-        torch.save({"actor": actor.state_dict(), "critic": critic.state_dict(),
-                    "value_rms": value_rms.state_dict(), "args": vars(args)}, path)
-        print(f"model saved to {path}")
-
-    global_step = 0
-    start_time = time.time()
+    global_step = done_iterations = 0
+    step = envs.reset()
+    if ckpt:  # go on where the checkpoint stopped: position, then the RNG streams after the reset
+        global_step, done_iterations = ckpt["global_step"], ckpt["iteration"]
+        restore_rng(ckpt["rng"])
+    last_whole = snapshot(models, optimizers, args, done_iterations, global_step)  # what an interrupt saves
+    start_step, start_time = global_step, time.time()
     last_print = 0.0
     mean_return = float("nan")  # of the episodes that ended in the latest rollout that had any
-    step = envs.reset()
     next_done = torch.zeros(E, device=device)
-    finished = True
+    exit_code = 0
+
+    def on_signal(signum, frame):  # SIGTERM (a cluster's time limit or preemption) ends the run as Ctrl-C does
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    handlers = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, on_signal)
     try:
-        for iteration in range(1, args.num_iterations + 1):
+        for iteration in range(done_iterations + 1, args.num_iterations + 1):
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -440,7 +604,7 @@ if __name__ == "__main__":
             y_pred, y_true = values.flatten(), returns.flatten()
             var_y = y_true.var()
             explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
-            sps = int(global_step / (time.time() - start_time))
+            sps = int((global_step - start_step) / (time.time() - start_time))
             writer.add_scalar("charts/learning_rate", actor_optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("charts/critic_learning_rate", critic_optimizer.param_groups[0]["lr"], global_step)
             writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
@@ -462,34 +626,39 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
                 if spec.has_win:
                     writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
+            last_whole = snapshot(models, optimizers, args, iteration, global_step)
+            if args.eval_interval and global_step // args.eval_interval > (global_step - args.batch_size) // args.eval_interval:
+                log_evaluation(greedy_evaluation(global_step))
             now = time.time()
             if now - last_print > 2.0 or iteration == args.num_iterations:
                 last_print = now
                 print(f"iter {iteration}/{args.num_iterations} step {global_step}/{args.total_timesteps} "
                       f"episodic_return={mean_return:.3f} SPS={sps}", flush=True)
-    except KeyboardInterrupt:
-        finished = False
-        print("interrupted: flushing logs" + (" and saving the model" if args.save_model else ""), file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: keep what the run made, exit 130 / 143
+        exit_code = 143 if str(e) == "SIGTERM" else 130
+        print(f"interrupted ({str(e) or 'SIGINT'}): flushing logs and saving the model as of its last whole "
+              f"iteration; resume with --checkpoint runs/{run_name}/{args.exp_name}.cleanmarl_model", file=sys.stderr)
+    except BaseException:
+        exit_code = 1  # a crash: save what there is, then the traceback
+        raise
     finally:
-        if args.save_model:
-            save_checkpoint()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second signal must not cut the checkpoint short
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if args.save_model or exit_code:
+            save_checkpoint(f"runs/{run_name}/{args.exp_name}.cleanmarl_model", last_whole)
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
         envs.close()
         writer.flush()
 
-    if args.save_model and finished:
-        eval_returns, eval_wins = evaluate(actor, args.env_id, args.eval_episodes, args.seed, device)
-        for i, r in enumerate(eval_returns.tolist()):
-            writer.add_scalar("eval/episodic_return", r, i)
-        summary = {"eval_return_mean": eval_returns.mean().item(), "eval_episodes": args.eval_episodes,
-                   "optimal_return": spec.optimal_return}
-        if eval_wins is not None:
-            summary["eval_win_rate"] = eval_wins.mean().item()
-            writer.add_scalar("eval/win_rate", summary["eval_win_rate"], global_step)
+    if args.save_model and not exit_code:
+        summary = greedy_evaluation(global_step)
+        log_evaluation(summary)
         with open(f"runs/{run_name}/eval.json", "w") as f:
             json.dump(summary, f)
         print("greedy evaluation: " + json.dumps(summary))
     writer.close()
     if args.track:
         wandb.finish()
-    if not finished:
-        sys.exit(130)
+    if exit_code:
+        sys.exit(exit_code)

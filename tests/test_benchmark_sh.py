@@ -5,7 +5,9 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -107,3 +109,43 @@ def test_local_workers_run_a_group(tmp_path):
     status = (tmp_path / "matrix" / "logs" / "status.txt").read_text()
     assert status.count("exit 0") == 2
     assert len(glob.glob(str(tmp_path / "matrix" / "runs" / "matrix:team__mappo__*" / "eval.json"))) == 2
+
+
+def test_slurm_task_stopped_by_sigterm_is_requeued_and_resumes(tmp_path):
+    """A task that gets SIGTERM (preemption, or --signal's warning before the time limit) saves a
+    checkpoint, asks Slurm to requeue it (a fake `scontrol` records the call), and its next run
+    resumes from that checkpoint to the end of the run."""
+    bench("matrix", "--slurm", "--seeds", "1", "--steps-scale", "0.2", "--only",
+          "cleanmarl/mappo.py --env-id matrix:team .*--num-envs 4 --save-model", "--results", str(tmp_path))
+    group_dir = tmp_path / "matrix"
+    text = (group_dir / "array_task.sh").read_text()
+    assert "#SBATCH --requeue" in text and "#SBATCH --signal=B:TERM@120" in text
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "scontrol").write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/scontrol.txt\n')
+    (fake_bin / "scontrol").chmod(0o755)
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1", SLURM_JOB_ID="77", SLURM_ARRAY_JOB_ID="76",
+               PATH=f"{fake_bin}:{os.environ['PATH']}")
+    log = group_dir / "logs" / "task-1.log"
+    task = subprocess.Popen(["bash", str(group_dir / "array_task.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(240):  # until training has logged its first iteration
+            if log.exists() and "\niter 1/" in log.read_text():
+                break
+            time.sleep(0.25)
+        task.send_signal(signal.SIGTERM)
+        task.communicate(timeout=120)
+    finally:
+        task.kill()
+    assert task.returncode == 143, log.read_text()
+    assert (tmp_path / "scontrol.txt").read_text().split() == ["requeue", "76_1"]
+    assert "interrupted (SIGTERM)" in log.read_text()
+    proc = subprocess.run(["bash", str(group_dir / "array_task.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, log.read_text()
+    status = (group_dir / "logs" / "status.txt").read_text().splitlines()
+    assert status[0].startswith("task 1 exit 143") and status[1] == "task 1 requeued"
+    assert status[2].startswith("task 1 exit 0") and "--checkpoint runs/matrix:team__mappo__1__" in status[2]
+    (run_dir,) = (group_dir / "runs").iterdir()
+    assert json.loads((run_dir / "eval.json").read_text())["global_step"] == 20000

@@ -136,8 +136,8 @@ def test_issue4_scripts_run_and_log(script, env_id, flags, tmp_path):
     (OPT_CONT, ["--optimism-leak", "-0.5"], "--optimism-leak must be in [0, 1], got -0.5"),
     (OPT, ["--total-timesteps", "10"], "is less than one rollout"),
     (CORA_HAPPO, ["--env-id", "matrix:team-1x5"], "CORA needs 2 to 16 agents"),
-    (CORA_HAPPO, ["--mc-samples", "0"], "--mc-samples must be >= 1 and --core-reg >= 0"),
-    (CORA_HAPPO_CONT, ["--core-reg", "-1"], "--mc-samples must be >= 1 and --core-reg >= 0"),
+    (CORA_HAPPO, ["--mc-samples", "0"], "--mc-samples must be >= 1, got 0"),
+    (CORA_HAPPO_CONT, ["--core-reg", "-1"], "--core-reg must be >= 0, got -1.0"),
     (CORA_HAPPO_CONT, ["--env-id", "matrix:penalty"], "discrete actions only"),
 ])
 def test_issue4_bad_input_is_one_line(script, flags, message, tmp_path):

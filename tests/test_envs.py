@@ -299,7 +299,7 @@ def test_mamujoco_time_limit_is_a_truncation():
 @pytest.mark.parametrize("env_id,match", [
     ("mamujoco:HalfCheetah", "write <Robot>-<conf>"),
     ("mamujoco:Foo-2x3", "MaMuJoCo cannot build Foo 2x3"),
-    ("mamujoco:HalfCheetah-6x1,max_steps=5000", r"max_steps must be in \[1, 1000\]"),
+    ("mamujoco:HalfCheetah-6x1,max_steps=5000", r"max_steps must be an integer in \[1, 1000\]"),
     ("mamujoco:HalfCheetah-6x1,bogus=1", "unknown options"),
 ])
 def test_mamujoco_bad_ids(env_id, match):

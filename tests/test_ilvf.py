@@ -207,7 +207,7 @@ def test_ilvf_runs_and_logs(env_id, flags, tmp_path):
     (["--discretize", "threshold", "--influence", "global"],
      "error: --discretize threshold applies to --influence learned only (W_hat is fixed with --influence global)"),
     (["--discretize", "threshold", "--threshold", "1.5"],
-     "error: --threshold must be in (0, 1) with --discretize threshold, got 1.5"),
+     "error: --threshold must be in (0, 1), got 1.5"),
     (["--tau", "0"], "error: --tau must be > 0, got 0.0"),
 ])
 def test_bad_flag_combinations_are_one_line(flags, message, tmp_path):
