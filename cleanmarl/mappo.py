@@ -128,7 +128,23 @@ class Args:
     """env-steps per minibatch"""
     num_iterations: int = 0
     """number of rollouts"""
+    defaults_from: str = ""
+    """the table row the unset hyperparameters came from (FAMILY_DEFAULTS)"""
 
+
+# Unset flags take the row of the env's family in the papers' tables: CORA Table V (epochs: its
+# shared 10) and, for the reward-sum families, ILVF Table 1 (which leaves the envs open: 4).
+# Args' own defaults are the matrix-game row. A flag set on the command line always wins; the
+# run prints the row it used and records it as `defaults_from`.
+FAMILY_COLUMNS = ("learning_rate", "critic_learning_rate", "clip_coef", "ent_coef", "num_envs", "update_epochs")
+FAMILY_DEFAULTS = {  # family or family:scenario -> (the row, its values of FAMILY_COLUMNS)
+    "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10)),
+    "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10)),
+    "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10)),
+    **dict.fromkeys(("smac", "smacv2", "smax"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10))),
+    "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10)),
+    **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15))),
+}
 
 # The valid range of every numeric flag, checked before anything starts.
 FLAG_RANGES = {
@@ -148,6 +164,23 @@ def fail(message):
     """A user error: one line on stderr and exit status 2, never a traceback."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def flags_given(argv):
+    """The Args fields set on the command line: `--num-envs 8`, `--num-envs=8`, `--no-anneal-lr`."""
+    names = {a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+    return names | {name[3:] for name in names if name.startswith("no_")}
+
+
+def apply_family_defaults(args, given):
+    """Fill the flags the command line left unset from the env's row of FAMILY_DEFAULTS (looked
+    up as family:scenario, then family); returns the row's source, or None."""
+    family, _, rest = args.env_id.partition(":")
+    source, values = FAMILY_DEFAULTS.get(f"{family}:{rest.split(',')[0]}") or FAMILY_DEFAULTS.get(family) or (None, ())
+    for name, value in zip(FAMILY_COLUMNS, values):
+        if name not in given:
+            setattr(args, name, value)
+    return source
 
 
 def check_args(args):
@@ -179,7 +212,7 @@ def load_checkpoint(args):
     defaults = vars(Args())
     for name, saved in ckpt["args"].items():
         given = getattr(args, name, None)
-        if name not in defaults or name in ("batch_size", "minibatch_size", "num_iterations"):
+        if name not in defaults or name in ("batch_size", "minibatch_size", "num_iterations", "defaults_from"):
             continue
         if given == defaults[name]:
             setattr(args, name, saved)
@@ -393,6 +426,9 @@ if __name__ == "__main__":
     if args.eval_only and not args.checkpoint:
         fail("--eval-only needs --checkpoint PATH (a checkpoint this script wrote)")
     ckpt = load_checkpoint(args) if args.checkpoint else None
+    if ckpt is None:  # a resumed run has its flags from the checkpoint
+        args.defaults_from = apply_family_defaults(args, flags_given(sys.argv[1:])) or "Args"
+        print(f"hyperparameters: {args.defaults_from} for the flags not given", flush=True)
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:

@@ -207,3 +207,58 @@ def test_capture_video_on_a_family_that_cannot_render_is_one_line(tmp_path):
     r = run(ROOT / "cleanmarl" / "mappo.py", "--capture-video", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr == "error: --capture-video: matrix:team cannot render videos (vmas:, mamujoco: and smax: can)\n"
+
+
+# CORA Table V, typed from the paper: actor lr, critic lr, clip, entropy coefficient, MC samples K,
+# parallel envs (epochs: 10 in every row)
+TABLE_V = {
+    "matrix": (5e-4, 5e-3, 0.3, 1e-3, 16, 4), "diff": (5e-5, 5e-4, 0.2, 1e-4, 16, 4),
+    "mamujoco": (5e-4, 5e-3, 0.2, 1e-4, 64, 4), "vmas:navigation": (5e-4, 5e-3, 0.2, 1e-4, 16, 64),
+    "vmas": (5e-4, 5e-3, 0.2, 1e-4, 16, 16), "smac": (5e-4, 5e-4, 0.2, 1e-3, 64, 20),
+    "grf": (5e-4, 5e-4, 0.2, 1e-3, 64, 50),
+}
+
+
+@pytest.mark.parametrize("script", [s for s in SCRIPTS if s != "ilvf_ppo"])
+def test_family_defaults_are_the_papers_rows_and_given_flags_win(script):
+    m = module(script)
+    for key, (source, values) in m.FAMILY_DEFAULTS.items():
+        row = dict(zip(m.FAMILY_COLUMNS, values))
+        assert len(values) == len(m.FAMILY_COLUMNS) and set(row) <= set(vars(m.Args()))
+        paper = TABLE_V.get(key, TABLE_V.get("smac") if key in ("smacv2", "smax") else None)
+        if paper is None:  # the reward-sum families: ILVF Table 1
+            assert source == "ILVF Table 1" and row == dict(learning_rate=8e-5, critic_learning_rate=8e-5, clip_coef=0.2,
+                                                             ent_coef=1e-2, num_envs=4, update_epochs=15)
+            continue
+        lr, critic_lr, clip, ent, k, envs = paper
+        assert source.startswith("CORA Table V")
+        assert (row["learning_rate"], row["critic_learning_rate"], row["clip_coef"], row["ent_coef"], row["num_envs"],
+                row["update_epochs"]) == (lr, critic_lr, clip, ent, envs, 10), key
+        if "mc_samples" in row:
+            assert row["mc_samples"] == k
+    # Args' own defaults are the row of the script's main family
+    main = "diff" if script.endswith("continuous") else "matrix"
+    assert dict(zip(m.FAMILY_COLUMNS, m.FAMILY_DEFAULTS[main][1])) == {c: getattr(m.Args(), c) for c in m.FAMILY_COLUMNS}
+    args = m.Args(env_id="vmas:navigation,n_agents=3", ent_coef=0.05)
+    given = m.flags_given(["--env-id", "vmas:navigation,n_agents=3", "--ent-coef", "0.05", "--num-envs=8", "--no-anneal-lr"])
+    assert given == {"env_id", "ent_coef", "num_envs", "no_anneal_lr", "anneal_lr"}
+    args.num_envs = 8
+    assert m.apply_family_defaults(args, given) == "CORA Table V: VMAS (Navigation)"
+    assert (args.learning_rate, args.critic_learning_rate, args.clip_coef) == (5e-4, 5e-3, 0.2)
+    assert (args.ent_coef, args.num_envs) == (0.05, 8)  # set on the command line: kept
+    args = m.Args(env_id="vmas:give_way")
+    assert m.apply_family_defaults(args, {"env_id"}) == "CORA Table V: VMAS (others)" and args.num_envs == 16
+    assert m.apply_family_defaults(m.Args(env_id="nofamily:x"), set()) is None
+
+
+def test_the_run_prints_and_records_its_row(tmp_path):
+    r = run(ROOT / "cleanmarl" / "mappo.py", "--env-id", "vmas:give_way,max_steps=10", "--total-timesteps", "320",
+            "--num-steps", "10", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("hyperparameters: CORA Table V: VMAS (others) for the flags not given\n")
+    assert "iter 1/2 step 160/320" in r.stdout  # 16 envs x 10 steps: the row's parallel envs
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(only_run_dir(tmp_path)), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "|defaults_from|CORA Table V: VMAS (others)|" in text and "|num_envs|16|" in text
