@@ -134,6 +134,28 @@ group_grf() {  # CORA Fig. 7 (gfootball; cleanmarl/envs/install_gfootball.sh bui
   done
 }
 
+# Issue 19's parity: our MAPPO with no hyperparameter flags (the env family's row of CORA Table V)
+# against a peer's MAPPO with the peer's own defaults, on the peer's home task, at equal env steps.
+# BenchMARL runs from the Python in BENCHMARL_PYTHON (default .venv-bench/bin/python, see
+# requirements-bench.txt) and is left out, with the install line, where it is absent. JaxMARL's
+# MAPPO (SMAX 2s3z/3s5z) is a script in its repository's baselines/ that logs only to W&B: not
+# wired here (docs/parity.md); our SMAX arms run, and its published-config figure is the reference.
+group_parity() {
+  local bm=${BENCHMARL_PYTHON:-$ROOT/.venv-bench/bin/python} steps seed
+  emit 2000000 mappo_continuous.py "vmas:navigation,n_agents=3,shared_rew=False" --eval-interval 100000
+  if "$bm" -c "import benchmarl" 2>/dev/null; then
+    steps=$(awk -v s=2000000 -v x="$SCALE" 'BEGIN { v = int(s * x + 0.5); print (v < 1 ? 1 : v) }')
+    for seed in ${SEEDS//,/ }; do
+      echo "$bm $ROOT/docs/parity_benchmarl.py --task navigation --seed $seed --frames $steps --out parity"
+    done
+  else
+    echo "parity: BenchMARL is not installed, its runs are left out: python -m venv --system-site-packages" \
+      ".venv-bench && .venv-bench/bin/pip install -r requirements-bench.txt" >&2
+  fi
+  emit 1000000 mappo.py smax:2s3z --eval-interval 100000
+  emit 1000000 mappo.py smax:3s5z --eval-interval 100000
+}
+
 # ILVF Table 1 as flags: ppo_epoch 15, clip 0.2, entropy 0.01, lr 8e-5 (actor and critic), Huber
 # delta 10, clipped value loss, value normalization, hidden 64. Table 1's one hidden layer, ReLU and
 # feature normalization have no flag here: the scripts keep two tanh layers of 64.
@@ -179,7 +201,8 @@ encircle|ILVF Fig. 3: MPE Encircle, 8 and 20 agents|1,2,3,4,5
 pcp|ILVF Fig. 3: Predator-Capture-Prey|1,2,3,4,5
 cacc|ILVF Fig. 3: CACC catch-up and slow-down|1,2,3,4,5
 atsc|ILVF Fig. 3: ATSC large grid (needs SUMO)|1,2,3,4,5
-ilvf_ablation|ILVF App. C/D: no inferring, W init, discretization, tau; Encircle 20|1,2,3,4,5"
+ilvf_ablation|ILVF App. C/D: no inferring, W init, discretization, tau; Encircle 20|1,2,3,4,5
+parity|issue 19: our MAPPO at its family defaults vs BenchMARL's on VMAS navigation; SMAX 2s3z, 3s5z|1,2,3"
 
 group_field() {  # name field-number
   echo "$GROUP_TABLE" | awk -F'|' -v g="$1" -v f="$2" '$1 == g { print $f }'

@@ -210,7 +210,7 @@ def load_checkpoint(args):
     defaults = vars(Args())
     for name, saved in ckpt["args"].items():
         given = getattr(args, name, None)
-        if name not in defaults or name in ("batch_size", "minibatch_size", "num_iterations", "defaults_from"):
+        if name not in defaults or name in ("batch_size", "minibatch_size", "num_iterations"):
             continue
         if given == defaults[name]:
             setattr(args, name, saved)

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GROUPS = ["matrix", "diff", "diff_coalitions", "vmas", "give_way", "mamujoco", "smac", "smax", "grf",
-          "encircle", "pcp", "cacc", "atsc", "ilvf_ablation"]
+          "encircle", "pcp", "cacc", "atsc", "ilvf_ablation", "parity"]
 
 
 def bench(*args, check=True):
@@ -44,6 +44,9 @@ def test_dry_run_lists_valid_commands(group):
     assert lines and len(lines) % 2 == 0
     for line in lines:
         words = line.split()
+        if words[1].endswith("docs/parity_benchmarl.py"):  # a peer's run (parity), with its own flags
+            assert os.path.exists(words[1]) and ("--seed 1 " in line or "--seed 2 " in line), line
+            continue
         assert words[:2][0] == "python" and words[1].startswith("cleanmarl/"), line
         assert "--threads 1" in line and ("--seed 1 " in line or "--seed 2 " in line)
         steps = int(words[words.index("--total-timesteps") + 1])
@@ -69,6 +72,16 @@ def test_table_v_settings_reach_the_commands():
     ilvf = bench("cacc", "--dry-run", "--seeds", "1").stdout
     assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 2 * 5  # mappo + 4 ILVF arms
     assert ilvf.count("--influence oracle --exp-name ilvf_ppo_oracle") == 2
+
+
+def test_parity_runs_our_defaults_and_leaves_out_a_missing_peer():
+    ours = [l for l in bench("parity", "--dry-run", "--seeds", "1").stdout.splitlines() if "cleanmarl/" in l]
+    assert len(ours) == 3 and not any("--learning-rate" in l or "--num-envs" in l for l in ours)  # family rows
+    env = dict(os.environ, BENCHMARL_PYTHON="/nonexistent/python")
+    proc = subprocess.run(["bash", os.path.join(ROOT, "benchmark.sh"), "parity", "--dry-run", "--seeds", "1"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+    assert proc.returncode == 0 and "parity_benchmarl" not in proc.stdout
+    assert "BenchMARL is not installed" in proc.stderr and "requirements-bench.txt" in proc.stderr
 
 
 def test_bad_input_is_one_clear_line():

@@ -121,6 +121,12 @@ def _start(script, flags, cwd):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
+def _skip_header(proc):
+    """The first stdout line after the hyperparameter row that unflagged runs print."""
+    line = proc.stdout.readline()
+    return proc.stdout.readline() if line.startswith("hyperparameters:") else line
+
+
 def _weights(path):
     return torch.load(path, weights_only=False)["models"]
 
@@ -135,7 +141,7 @@ def test_sigterm_keeps_a_checkpoint_and_resuming_it_is_exact(script, tmp_path):
     straight.mkdir(), stopped.mkdir()
     proc = _start(script, flags, stopped)
     try:
-        assert proc.stdout.readline().startswith("iter 1/")  # training has started
+        assert _skip_header(proc).startswith("iter 1/")  # training has started
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
     finally:

@@ -157,6 +157,7 @@ def test_ctrl_c_keeps_logs_and_checkpoint(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
+        assert proc.stdout.readline().startswith("hyperparameters: CORA Table V: matrix games")
         assert proc.stdout.readline().startswith("iter 1/")  # training has started and logged
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
