@@ -167,6 +167,8 @@ class Args:
     """env-steps per minibatch"""
     num_iterations: int = 0
     """number of rollouts"""
+    defaults_from: str = ""
+    """the table the unset hyperparameters came from (ILVF Table 1 on every family)"""
 
 
 # The valid range of every numeric flag, checked before anything starts.
@@ -556,6 +558,9 @@ if __name__ == "__main__":
     if args.eval_only and not args.checkpoint:
         fail("--eval-only needs --checkpoint PATH (a checkpoint this script wrote)")
     ckpt = load_checkpoint(args) if args.checkpoint else None
+    if ckpt is None:  # one table for every family: Args' defaults are ILVF Table 1's row
+        args.defaults_from = "ILVF Table 1 (critic lr 1e-3, measured)"
+        print(f"hyperparameters: {args.defaults_from} for the flags not given", flush=True)
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
