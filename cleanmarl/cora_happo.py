@@ -808,7 +808,8 @@ if __name__ == "__main__":
 
     # env setup
     try:
-        envs = make_env(args.env_id, args.num_envs, args.seed, device, action_type="discrete")
+        num_envs = 1 if args.eval_only else args.num_envs  # --eval-only needs the spec, not the envs
+        envs = make_env(args.env_id, num_envs, args.seed, device, action_type="discrete")
     except EnvError as e:
         fail(str(e))
     if args.capture_video and not envs.can_render:
