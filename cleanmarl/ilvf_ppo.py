@@ -38,6 +38,7 @@ W matrices [..., n, n] with the row the attending agent i and the column the att
 """
 
 import copy
+import importlib.util
 import json
 import os
 import random
@@ -215,9 +216,10 @@ def load_checkpoint(args):
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     except Exception as e:  # missing file, not a torch file, truncated
         fail(f"--checkpoint {args.checkpoint}: cannot read it ({type(e).__name__}: {e})")
-    if not isinstance(ckpt, dict) or ckpt.get("script") != SCRIPT:
-        writer = ckpt.get("script", "another program") if isinstance(ckpt, dict) else "another program"
-        fail(f"--checkpoint {args.checkpoint} was written by {writer}; run it with that script, not {SCRIPT}")
+    if not isinstance(ckpt, dict) or "script" not in ckpt:  # another program's, or an old cleanmarl weights-only file
+        fail(f"--checkpoint {args.checkpoint} is not a checkpoint this version of {SCRIPT} can resume or evaluate")
+    if ckpt["script"] != SCRIPT:
+        fail(f"--checkpoint {args.checkpoint} was written by {ckpt['script']}; run it with that script, not {SCRIPT}")
     defaults = vars(Args())
     for name, saved in ckpt["args"].items():
         given = getattr(args, name, None)
@@ -600,6 +602,8 @@ if __name__ == "__main__":
         fail(str(e))
     if args.capture_video and not envs.can_render:
         fail(f"--capture-video: {args.env_id} cannot render videos (vmas:, mamujoco: and smax: can)")
+    if args.capture_video and not all(importlib.util.find_spec(m) for m in ("imageio", "imageio_ffmpeg")):
+        fail("--capture-video needs imageio and imageio-ffmpeg: pip install imageio==2.38.1 imageio-ffmpeg==0.6.0")
     spec = envs.spec
     n, A = spec.n_agents, spec.n_actions
     graph = envs.influence_graph  # [n, n] bool, the true S-V influence, where the env gives it

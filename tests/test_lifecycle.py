@@ -177,6 +177,7 @@ def test_checkpoint_evaluation_and_its_errors(tmp_path):
     # evaluations every 600 steps (after the rollouts that cross 600, 1200, 1800) and at the end
     assert [s for s, _ in scalars(run_dir, "eval/episodic_return")] == [600, 1200, 1800, 2000]
     (run_dir / "eval.json").unlink()
+    torch.save({"actor": {}, "args": {}}, tmp_path / "old.cleanmarl_model")  # the weights-only format of before
     r = run(mappo, "--checkpoint", ckpt, "--eval-only", "--eval-episodes", "10", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads((run_dir / "eval.json").read_text()) == trained  # same weights, same greedy returns
@@ -187,6 +188,8 @@ def test_checkpoint_evaluation_and_its_errors(tmp_path):
          "is a run with --env-id matrix:penalty, not matrix:climbing"),
         ((mappo, "--checkpoint", ckpt, "--hidden-dim", "32"), "is a run with --hidden-dim 64, not 32"),
         ((mappo, "--checkpoint", str(tmp_path / "nothing"), "--eval-only"), "cannot read it"),
+        ((mappo, "--checkpoint", str(tmp_path / "old.cleanmarl_model"), "--eval-only"),
+         "is not a checkpoint this version of mappo.py can resume or evaluate"),
     ]:
         r = run(*flags, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and message in r.stderr, r.stderr
@@ -199,7 +202,8 @@ def test_checkpoint_evaluation_and_its_errors(tmp_path):
 ])
 @pytest.mark.filterwarnings("ignore:os.fork")  # reading the mp4 forks ffmpeg in this process, where JAX may run
 def test_capture_video_records_the_evaluation_episode(script, env_id, tmp_path):
-    imageio = pytest.importorskip("imageio.v2", reason="videos need imageio and imageio-ffmpeg (requirements.txt)")
+    import imageio.v2 as imageio  # a core requirement (requirements.txt): its absence is a failure, not a skip
+
     r = run(ROOT / "cleanmarl" / f"{script}.py", "--env-id", env_id, "--total-timesteps", "64", "--num-envs", "2",
             "--num-steps", "16", "--save-model", "--eval-episodes", "2", "--capture-video", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -268,3 +272,16 @@ def test_the_run_prints_and_records_its_row(tmp_path):
     acc.Reload()
     text = acc.Tensors("hyperparameters/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "|defaults_from|CORA Table V: VMAS (others)|" in text and "|num_envs|16|" in text
+
+
+def test_capture_video_without_its_packages_is_one_line(tmp_path):
+    """imageio-ffmpeg missing (a None entry in sys.modules makes the import machinery report it
+    absent): the run stops before training with the install line."""
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['imageio_ffmpeg'] = None\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    r = subprocess.run([sys.executable, str(ROOT / "cleanmarl" / "mappo.py"), "--env-id", "vmas:give_way",
+                        "--capture-video"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr == ("error: --capture-video needs imageio and imageio-ffmpeg: "
+                        "pip install imageio==2.38.1 imageio-ffmpeg==0.6.0\n")
+    assert not (tmp_path / "runs").exists()

@@ -66,7 +66,9 @@ class VmasEnv(MultiAgentEnv):
             unused = str(e).split(" passed")[0].removeprefix("Scenario kwargs: ")
             raise EnvError(f"{env_id}: the {scenario} scenario has no options {unused} "
                            "(its options are the keyword arguments of its make_world in VMAS)") from None
-        except Exception as e:  # the scenario's own checks: asserts, type errors
+        except Exception as e:  # the scenario's own checks on the options: asserts, type errors
+            if not kwargs:
+                raise  # no option to blame: a real failure, with its traceback
             raise EnvError(f"{env_id}: VMAS's {scenario} rejects these options ({type(e).__name__}: {e})") from None
         n = self.env.n_agents
         obs_dims = [int(space.shape[0]) for space in self.env.observation_space]
