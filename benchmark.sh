@@ -8,6 +8,8 @@
 #                                                   --only keeps the commands matching REGEX
 #   bash benchmark.sh GROUP --slurm [...]           write a Slurm job array instead of running
 #   bash benchmark.sh speed                         the speed figures (steps per second)
+#   bash benchmark.sh gpu [--only REGEX]            the device check: every script with --cuda
+#                                                   (docs/device_check.py; skips without CUDA)
 #
 # Every experiment command is a plain script call with `--threads 1`, so one worker is one core.
 # A run writes into DIR/GROUP/ (default results/GROUP/): commands.txt (one command a line),
@@ -270,7 +272,7 @@ train() {  # script, env id, num envs (STEPS steps)
 # navigation config: 3 agents, shared_rew=False, 100 steps), 64 envs x 100 steps per batch, 10
 # full-batch epochs, 64x64 tanh MLPs, one thread; runs alternate.
 head_to_head() {
-  BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-python}
+  BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-$ROOT/.venv-bench/bin/python}  # as the parity group
   if ! "$BENCHMARL_PYTHON" -c "import benchmarl" 2>/dev/null; then
     echo "(head-to-head skipped: BenchMARL not installed; see requirements-bench.txt)"
     return 0
@@ -316,7 +318,7 @@ EOF
 
 # ---- dispatch ---------------------------------------------------------------------------------
 usage() {
-  sed -n '3,10p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '3,12p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-2}"
 }
 
@@ -325,6 +327,7 @@ die() { echo "benchmark.sh: $*" >&2; exit 2; }
 list_groups() {
   printf '%-16s %-8s %s\n' group commands description
   printf '%-16s %-8s %s\n' speed - "steps per second of the scripts, CORA's QP and the BenchMARL head-to-head"
+  printf '%-16s %-8s %s\n' gpu - "the device check: each script trains with --cuda twice and on the CPU (docs/device_check.py)"
   local name desc seeds
   while IFS='|' read -r name desc seeds; do
     SEEDS=$seeds
@@ -391,6 +394,7 @@ main() {
     -h|--help) usage 0 ;;
     speed) [ $# -eq 1 ] || die "the speed group takes no options (STEPS=N bash benchmark.sh speed)"
            group_speed; exit 0 ;;
+    gpu) shift; exec python docs/device_check.py "$@" ;;
   esac
   GROUP=$1
   shift

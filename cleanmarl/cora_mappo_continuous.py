@@ -54,6 +54,9 @@ from torch.utils.tensorboard import SummaryWriter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
 from cleanmarl.envs import EnvError, make_env  # noqa: E402
 
+# torch.distributions checks its arguments by reading device values on the host: a GPU sync per call
+torch.distributions.Distribution.set_default_validate_args(False)
+
 
 @dataclass
 class Args:
@@ -497,6 +500,13 @@ class RunningMeanStd(nn.Module):
         return x * torch.sqrt(self.var + 1e-8) + self.mean
 
 
+def clock(device):
+    """Seconds for timing a stage: on a GPU, once the queued work is done (the host runs ahead)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     torch.nn.init.orthogonal_(layer.weight, std)
     torch.nn.init.constant_(layer.bias, bias_const)
@@ -928,11 +938,11 @@ if __name__ == "__main__":
                 b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
                 coalition_s = qp_s = 0.0
                 for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
-                    t0 = time.perf_counter()
+                    t0 = clock(device)
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actor.dist(b_obs[blk]), C)
-                    t1 = time.perf_counter()
+                    t1 = clock(device)
                     b_alloc[blk], eps[blk] = core_allocation(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]
-                    coalition_s, qp_s = coalition_s + t1 - t0, qp_s + time.perf_counter() - t1
+                    coalition_s, qp_s = coalition_s + t1 - t0, qp_s + clock(device) - t1
                 coalitions_of = coalitions.repeat_interleave(torch.tensor([len(b) for b in blocks], device=device), 0)  # [B, m, n]
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:

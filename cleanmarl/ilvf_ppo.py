@@ -59,6 +59,9 @@ from torch.utils.tensorboard import SummaryWriter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a file
 from cleanmarl.envs import EnvError, make_env  # noqa: E402
 
+# torch.distributions checks its arguments by reading device values on the host: a GPU sync per call
+torch.distributions.Distribution.set_default_validate_args(False)
+
 
 @dataclass
 class Args:
