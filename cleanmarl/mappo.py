@@ -120,6 +120,10 @@ class Args:
     """toggle appending the one-hot agent id to each agent's observation (with --share-actor)"""
     share_actor: bool = True
     """toggle one actor network shared by all agents (the MAPPO paper's choice); off: an actor per agent"""
+    recurrent: bool = False
+    """toggle a GRU in the (shared) actor, as rMAPPO: each agent acts on its history of observations"""
+    chunk_length: int = 10
+    """with --recurrent: the GRU trains on sequences of this many steps of one env (must divide --num-steps)"""
 
     # to be filled in at runtime (never set by hand)
     batch_size: int = 0
@@ -153,6 +157,7 @@ FLAG_RANGES = {
     "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
     "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
     "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
+    "chunk_length": ">= 1",
 }
 # Flags a resumed run may change; every other flag it sets must match the checkpoint's run.
 RUN_FLAGS = {"checkpoint", "eval_only", "eval_interval", "eval_episodes", "capture_video", "save_model",
@@ -395,6 +400,46 @@ class Actors(nn.Module):
         return Categorical(logits=self(obs, avail))
 
 
+class RecurrentActor(nn.Module):
+    """rMAPPO's shared policy (`--recurrent`): [o_i, id_i] -> a tanh layer -> a GRU cell -> masked
+    logits. The hidden state h [..., n, hidden] carries each agent's history; it is zeroed where
+    an episode starts. The critic stays an MLP on the global state (which, unlike an agent's
+    observation, describes the whole situation)."""
+
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id):
+        super().__init__()
+        self.agent_id, self.hidden = agent_id, hidden
+        self.register_buffer("ids", torch.eye(n_agents))
+        self.base = nn.Sequential(layer_init(nn.Linear(obs_dim + (n_agents if agent_id else 0), hidden)), nn.Tanh())
+        self.gru = nn.GRUCell(hidden, hidden)
+        for weight in (self.gru.weight_ih, self.gru.weight_hh):
+            torch.nn.init.orthogonal_(weight)
+        torch.nn.init.zeros_(self.gru.bias_ih), torch.nn.init.zeros_(self.gru.bias_hh)
+        self.head = layer_init(nn.Linear(hidden, n_actions), std=0.01)
+
+    def forward(self, obs, avail, h):
+        """One step: obs [..., n, obs_dim], h [..., n, hidden] -> (masked logits, next h)."""
+        if self.agent_id:
+            obs = torch.cat([obs, self.ids.expand(*obs.shape[:-1], -1)], -1)
+        x = self.base(obs)
+        h = self.gru(x.flatten(0, -2), h.flatten(0, -2)).view(h.shape)
+        return self.head(h).masked_fill(~avail, -1e10), h
+
+    def dist(self, obs, avail, h):
+        logits, h = self(obs, avail, h)
+        return Categorical(logits), h
+
+    def unroll(self, obs, avail, h, starts):
+        """Sequences: obs [M, L, n, obs_dim], h [M, n, hidden] before their first step, starts
+        [M, L] (an episode starts at that step: h is zeroed) -> logits [M, L, n, A]."""
+        logits = []
+        for t in range(obs.shape[1]):  # a GRU steps through time; batched over sequences and agents
+            h = h * (1.0 - starts[:, t, None, None])
+            out, h = self(obs[:, t], avail[:, t], h)
+            logits.append(out)
+        return torch.stack(logits, 1)
+
+
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
@@ -415,9 +460,18 @@ def evaluate(actor, env_id, episodes, seed, device, video_path=None):
     frames = [env.render()] if video_path else []
     returns = torch.full((episodes,), float("nan"), device=device)
     wins = torch.zeros(episodes, device=device)
+    recurrent = isinstance(actor, RecurrentActor)
+    if recurrent:
+        h = torch.zeros(episodes, env.spec.n_agents, actor.hidden, device=device)
     with torch.no_grad():
         while returns.isnan().any():
-            step = env.step(actor(step.obs, step.avail_actions).argmax(-1))
+            if recurrent:
+                logits, h = actor(step.obs, step.avail_actions, h)
+            else:
+                logits = actor(step.obs, step.avail_actions)
+            step = env.step(logits.argmax(-1))
+            if recurrent:
+                h = h * ~(step.terminated | step.truncated)[:, None, None]
             first = step.episodes.done & returns.isnan()
             if video_path and returns[0].isnan() and not first[0]:
                 frames.append(env.render())
@@ -452,7 +506,15 @@ if __name__ == "__main__":
         print(f"hyperparameters: {args.defaults_from} for the flags not given", flush=True)
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
-    if args.batch_size % args.num_minibatches:
+    if args.recurrent:  # minibatches of whole sequences
+        if not args.share_actor:
+            fail("--recurrent is a GRU in the shared actor: leave out --no-share-actor")
+        if args.num_steps % args.chunk_length:
+            fail(f"--chunk-length ({args.chunk_length}) must divide --num-steps ({args.num_steps})")
+        if (args.batch_size // args.chunk_length) % args.num_minibatches:
+            fail(f"--num-minibatches ({args.num_minibatches}) must divide the rollout's sequences, "
+                 f"num_envs*num_steps/chunk_length ({args.batch_size // args.chunk_length})")
+    elif args.batch_size % args.num_minibatches:
         fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -493,7 +555,9 @@ if __name__ == "__main__":
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=run_name, save_code=True)
 
-    if args.share_actor:
+    if args.recurrent:
+        actor = RecurrentActor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+    elif args.share_actor:
         actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
     else:
         actor = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
@@ -553,6 +617,9 @@ if __name__ == "__main__":
     rewards = torch.zeros((T, E), device=device)
     dones = torch.zeros((T, E), device=device)
     values = torch.zeros((T, E), device=device)
+    if args.recurrent:  # the GRU's state before each step: where the update's sequences start from
+        actor_hs = torch.zeros((T, E, n, args.hidden_dim), device=device)
+        actor_h = torch.zeros((E, n, args.hidden_dim), device=device)
 
     global_step = done_iterations = 0
     step = envs.reset()
@@ -587,7 +654,11 @@ if __name__ == "__main__":
                 obs[t], state[t], avail[t], dones[t] = step.obs, step.state, step.avail_actions, next_done
                 active[t] = step.active
                 with torch.no_grad():
-                    dist = actor.dist(step.obs, step.avail_actions)
+                    if args.recurrent:
+                        actor_hs[t] = actor_h
+                        dist, actor_h = actor.dist(step.obs, step.avail_actions, actor_h)
+                    else:
+                        dist = actor.dist(step.obs, step.avail_actions)
                     action = dist.sample()  # [E, n]
                     logprobs[t] = dist.log_prob(action)
                     values[t] = value_of(step.state)
@@ -598,6 +669,8 @@ if __name__ == "__main__":
                     with torch.no_grad():
                         rewards[t] += args.gamma * value_of(step.final_state) * step.truncated
                 next_done = (step.terminated | step.truncated).float()
+                if args.recurrent:  # a new episode starts from a blank history
+                    actor_h = actor_h * (1.0 - next_done)[:, None, None]
                 ep = step.episodes
                 ep_count += ep.done.sum()
                 ep_return_sum += (ep.ret * ep.done).sum()
@@ -624,12 +697,29 @@ if __name__ == "__main__":
             b_actions, b_logprobs = actions.flatten(0, 1), logprobs.flatten(0, 1)  # [B, n]
             b_advantages = advantages.flatten()  # [B]: the global advantage of every agent
             b_old_v, b_targets = old_v.flatten(), targets.flatten()
+            if args.recurrent:  # reorder into sequences: chunk c = (k, e) holds steps kL..kL+L-1 of env e
+                L = args.chunk_length
+                order = torch.arange(args.batch_size, device=device).view(T // L, L, E).transpose(1, 2).flatten()
+                b_obs, b_state, b_avail, b_active = b_obs[order], b_state[order], b_avail[order], b_active[order]
+                b_actions, b_logprobs, b_advantages = b_actions[order], b_logprobs[order], b_advantages[order]
+                b_old_v, b_targets, b_starts = b_old_v[order], b_targets[order], dones.flatten()[order]
+                b_h0 = actor_hs[::L].flatten(0, 1)  # [chunks, n, hidden]
             clipfracs = []
             for epoch in range(args.update_epochs):
-                b_inds = torch.randperm(args.batch_size, device=device)
+                if args.recurrent:  # shuffle whole sequences
+                    chunks = torch.randperm(args.batch_size // L, device=device)
+                    b_inds = (chunks[:, None] * L + torch.arange(L, device=device)).flatten()
+                else:
+                    b_inds = torch.randperm(args.batch_size, device=device)
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb = b_inds[start : start + args.minibatch_size]
-                    dist = actor.dist(b_obs[mb], b_avail[mb])
+                    if args.recurrent:
+                        M = len(mb) // L
+                        logits = actor.unroll(b_obs[mb].view(M, L, n, -1), b_avail[mb].view(M, L, n, A),
+                                              b_h0[mb[::L] // L], b_starts[mb].view(M, L))
+                        dist = Categorical(logits.flatten(0, 1))
+                    else:
+                        dist = actor.dist(b_obs[mb], b_avail[mb])
                     newlogprob = dist.log_prob(b_actions[mb])  # [M, n]
                     mb_active = b_active[mb]
                     entropy = masked_mean(dist.entropy(), mb_active)
