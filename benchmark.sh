@@ -154,8 +154,10 @@ group_parity() {
     echo "parity: BenchMARL is not installed, its runs are left out: python -m venv --system-site-packages" \
       ".venv-bench && .venv-bench/bin/pip install -r requirements-bench.txt" >&2
   fi
-  emit 1000000 mappo.py smax:2s3z --eval-interval 100000
-  emit 1000000 mappo.py smax:3s5z --eval-interval 100000
+  for map in 2s3z 3s5z; do  # our defaults, then the same with rMAPPO's GRU policy (JaxMARL's has one)
+    emit 1000000 mappo.py "smax:$map" --eval-interval 100000
+    emit 1000000 mappo.py "smax:$map" --eval-interval 100000 --recurrent --exp-name mappo_gru
+  done
 }
 
 # ILVF Table 1 as flags: ppo_epoch 15, clip 0.2, entropy 0.01, lr 8e-5 (actor and critic), Huber

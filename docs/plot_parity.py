@@ -15,7 +15,8 @@ written by docs/parity_benchmarl.py) and, per task:
              issue's criterion), and the fraction of those points where it is;
   SPS        steps per second (ours: the last `charts/SPS`; BenchMARL: frames / wall time).
 SMAX maps have no peer run here (docs/parity.md says why): their rows give our training win rate
-and greedy evaluation win rates. Writes results.md, results.json and one PNG per task into --out.
+and greedy evaluation win rates, for `mappo.py` with no flags and, where run, with `--recurrent`
+(exp name mappo_gru). Writes results.md, results.json and one PNG per task into --out.
 """
 
 from __future__ import annotations
@@ -149,24 +150,33 @@ def main(argv=None):
                 lines += ["", f"{who} >= BenchMARL's at {c['ours_at_least_peer']} of {c['grid_points_past_0.5M']} grid "
                               f"points past 0.5M steps: criterion {'met' if c['met'] else 'NOT met'}."]
         lines += ["", "![navigation](parity_navigation.png)", ""]
+    arms = (("mappo", "", "cleanmarl mappo.py, no flags"), ("mappo_gru", "_gru", "cleanmarl mappo.py --recurrent (GRU)"))
     for game in ("2s3z", "3s5z"):
-        smax = our_runs(args.folder, f"smax:{game}", "charts/win_rate", "mappo")
-        if not smax:
+        found = [(suffix, label, runs) for exp, suffix, label in arms
+                 if (runs := our_runs(args.folder, f"smax:{game}", "charts/win_rate", exp))]
+        if not found:
             continue
-        grid = np.linspace(max(r["steps"][0] for r in smax), min(r["steps"][-1] for r in smax), 100)
-        curves = on_grid(smax, grid)
-        row = summary(curves, grid, [r["sps"] for r in smax])
-        row["eval_win_rate_at_the_end"] = [r["eval"][-1] for r in smax if r["eval"]]
-        results[f"smax_{game}"] = row
+        everyone = [r for _, _, runs in found for r in runs]
+        grid = np.linspace(max(r["steps"][0] for r in everyone), min(r["steps"][-1] for r in everyone), 100)
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(grid, curves.mean(0), label=f"cleanmarl mappo.py, no flags ({len(curves)} seeds)")
+        lines += [f"## SMAX {game}", "", f"Training win rate, final = mean of the last 10 % of {grid[0]:.0f}-{grid[-1]:.0f} "
+                  "steps, 95 % t-interval over seeds; greedy evaluation win rates at the end, per seed.", "",
+                  "| implementation | seeds | final | 95 % CI | greedy at the end | SPS |", "|---|---|---|---|---|---|"]
+        for suffix, label, runs in found:
+            curves = on_grid(runs, grid)
+            row = summary(curves, grid, [r["sps"] for r in runs])
+            row["eval_win_rate_at_the_end"] = [r["eval"][-1] for r in runs if r["eval"]]
+            results[f"smax_{game}{suffix}"] = row
+            mean, low, high = mean_ci(curves)
+            ax.plot(grid, mean, label=f"{label} ({len(curves)} seeds)")
+            if len(curves) > 1:
+                ax.fill_between(grid, low, high, alpha=0.2)
+            ci = row["final_ci"]
+            lines.append(f"| {label} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | "
+                         f"{row['eval_win_rate_at_the_end']} | {row['sps']:.0f} |")
         ax.set_xlabel("env steps"), ax.set_ylabel("training win rate"), ax.set_title(f"SMAX {game}"), ax.legend()
         fig.tight_layout(), fig.savefig(os.path.join(args.out, f"parity_smax_{game}.png"), dpi=100)
-        lines += [f"## SMAX {game}", "",
-                  f"Training win rate, final (last 10 % of {grid[0]:.0f}-{grid[-1]:.0f} steps): {row['final']:.3f} "
-                  f"[{row['final_ci'][0]:.3f}, {row['final_ci'][1]:.3f}] over {row['seeds']} seeds; greedy evaluation "
-                  f"win rates at the end: {row['eval_win_rate_at_the_end']}; {row['sps']:.0f} SPS.", "",
-                  f"![smax {game}](parity_smax_{game}.png)", ""]
+        lines += ["", f"![smax {game}](parity_smax_{game}.png)", ""]
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
