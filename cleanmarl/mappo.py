@@ -287,7 +287,7 @@ class Categorical:
     """The policy's distribution over each agent's actions, from masked logits [..., A] (an
     unavailable action's logit is -1e10, so its probability is 0). Written out instead of
     torch.distributions.Categorical, whose argument checks and softmax over a 5-wide last dimension
-    took ≈ 5 % of a VMAS run on one core (docs/benchmarks.md); sampling is the same multinomial draw."""
+    made a VMAS run 8 % slower on one core (docs/benchmarks.md); sampling is the same multinomial draw."""
 
     def __init__(self, logits):
         self.logp = logits - logits.logsumexp(-1, keepdim=True)  # log pi(a | o) [..., A]
