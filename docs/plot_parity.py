@@ -165,7 +165,7 @@ def main(argv=None):
         for suffix, label, runs in found:
             curves = on_grid(runs, grid)
             row = summary(curves, grid, [r["sps"] for r in runs])
-            row["eval_win_rate_at_the_end"] = [r["eval"][-1] for r in runs if r["eval"]]
+            row["eval_win_rate_at_the_end"] = [round(r["eval"][-1], 3) for r in runs if r["eval"]]
             results[f"smax_{game}{suffix}"] = row
             mean, low, high = mean_ci(curves)
             ax.plot(grid, mean, label=f"{label} ({len(curves)} seeds)")
