@@ -16,7 +16,7 @@ written by docs/parity_benchmarl.py) and, per task:
   SPS        steps per second (ours: the last `charts/SPS`; BenchMARL: frames / wall time).
 SMAX maps have no peer run here (docs/parity.md says why): their rows give our training win rate
 and greedy evaluation win rates, for `mappo.py` with no flags and, where run, with `--recurrent`
-(exp name mappo_gru). Writes results.md, results.json and one PNG per task into --out.
+(exp name mappo_gru) and with JaxMARL's learning rate and minibatching (mappo_jaxmarl_lr, by hand). Writes results.md, results.json and one PNG per task into --out.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def main(argv=None):
                 lines += ["", f"{who} >= BenchMARL's at {c['ours_at_least_peer']} of {c['grid_points_past_0.5M']} grid "
                               f"points past 0.5M steps: criterion {'met' if c['met'] else 'NOT met'}."]
         lines += ["", "![navigation](parity_navigation.png)", ""]
-    arms = (("mappo", "", "cleanmarl mappo.py, no flags"), ("mappo_gru", "_gru", "cleanmarl mappo.py --recurrent (GRU)"))
+    arms = (("mappo", "", "cleanmarl mappo.py, no flags"), ("mappo_gru", "_gru", "cleanmarl mappo.py --recurrent (GRU)"),
+            ("mappo_jaxmarl_lr", "_jaxmarl_hp", "cleanmarl mappo.py, JaxMARL's lr 2e-3, 4 epochs x 4 minibatches"))
     for game in ("2s3z", "3s5z"):
         found = [(suffix, label, runs) for exp, suffix, label in arms
                  if (runs := our_runs(args.folder, f"smax:{game}", "charts/win_rate", exp))]
