@@ -151,7 +151,7 @@ def main(argv=None):
                               f"points past 0.5M steps: criterion {'met' if c['met'] else 'NOT met'}."]
         lines += ["", "![navigation](parity_navigation.png)", ""]
     arms = (("mappo", "", "cleanmarl mappo.py, no flags"), ("mappo_gru", "_gru", "cleanmarl mappo.py --recurrent (GRU)"),
-            ("mappo_jaxmarl_lr", "_jaxmarl_hp", "cleanmarl mappo.py, JaxMARL's lr 2e-3, 4 epochs x 4 minibatches"))
+            ("mappo_jaxmarl_lr", "_jaxmarl_hp", "cleanmarl, JaxMARL's lr 2e-3, 4x4 minibatches"))
     for game in ("2s3z", "3s5z"):
         found = [(suffix, label, runs) for exp, suffix, label in arms
                  if (runs := our_runs(args.folder, f"smax:{game}", "charts/win_rate", exp))]
@@ -175,7 +175,8 @@ def main(argv=None):
             ci = row["final_ci"]
             lines.append(f"| {label} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | "
                          f"{row['eval_win_rate_at_the_end']} | {row['sps']:.0f} |")
-        ax.set_xlabel("env steps"), ax.set_ylabel("training win rate"), ax.set_title(f"SMAX {game}"), ax.legend()
+        ax.set_xlabel("env steps"), ax.set_ylabel("training win rate"), ax.set_title(f"SMAX {game}"), ax.set_ylim(-0.05, 1.05)
+        ax.legend(fontsize="small")
         fig.tight_layout(), fig.savefig(os.path.join(args.out, f"parity_smax_{game}.png"), dpi=100)
         lines += ["", f"![smax {game}](parity_smax_{game}.png)", ""]
     with open(os.path.join(args.out, "results.md"), "w") as f:
