@@ -6,12 +6,13 @@ For each case it prints
   (they must: the scripts seed everything and ask cuDNN and cuBLAS for deterministic kernels);
 - the device's SPS and the CPU's, and their ratio (same flags, same machine);
 - host reads per env step of the rollout: the times a run reads a device value on the host
-  (`.item()`, `bool(tensor)`, a copy to the CPU), counted by a dispatch mode in two more runs with
-  the same batch, T steps x E envs and 2T x E/2 (their difference over T steps is the rollout's). Expected: 2, the
-  env asking whether any episode ended and the script whether any was truncated; everything else
-  happens once per update (logging; CORA's QP stops when it converges, so its reads
-  differ a little between the two counted runs). Reads inside VMAS are its own and counted apart (the
-  simulator reads ≈ 38 a step on navigation). On the CPU every scalar read counts, as on a GPU;
+  (`.item()`, `bool(tensor)`, a copy to the CPU), counted by a dispatch mode in two more runs
+  with the same batch, T steps x E envs and 2T x E/2 (their difference over T steps is the
+  rollout's). Expected: 2, the env asking whether any episode ended and the script whether any
+  was truncated; everything else happens once per update (logging; CORA's QP stops when it
+  converges, so its reads differ a little between the two counted runs). Reads inside VMAS are
+  its own and counted apart (≈ 38 a step on navigation). On the CPU every scalar read counts, as
+  it would wait on a GPU;
 - for CORA, the Monte-Carlo pass and the QP per update (`core/coalition_ms`, `core/qp_ms`, timed
   with the device synchronized), device and CPU.
 It exits 1 when a run fails or repeats differently, 0 otherwise.
