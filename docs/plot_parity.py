@@ -16,7 +16,8 @@ written by docs/parity_benchmarl.py) and, per task:
   SPS        steps per second (ours: the last `charts/SPS`; BenchMARL: frames / wall time).
 SMAX maps have no peer run here (docs/parity.md says why): their rows give our training win rate
 and greedy evaluation win rates, for `mappo.py` with no flags and, where run, with `--recurrent`
-(exp name mappo_gru) and with JaxMARL's learning rate and minibatching (mappo_jaxmarl_lr, by hand). Writes results.md, results.json and one PNG per task into --out.
+(exp name mappo_gru), with JaxMARL's learning rate and minibatching (mappo_jaxmarl_lr) and with 4
+minibatches (mappo_mb4), the last two by hand. Writes results.md, results.json and one PNG per task into --out.
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ def main(argv=None):
                               f"points past 0.5M steps: criterion {'met' if c['met'] else 'NOT met'}."]
         lines += ["", "![navigation](parity_navigation.png)", ""]
     arms = (("mappo", "", "cleanmarl mappo.py, no flags"), ("mappo_gru", "_gru", "cleanmarl mappo.py --recurrent (GRU)"),
-            ("mappo_jaxmarl_lr", "_jaxmarl_hp", "cleanmarl, JaxMARL's lr 2e-3, 4x4 minibatches"))
+            ("mappo_jaxmarl_lr", "_jaxmarl_hp", "cleanmarl, JaxMARL's lr 2e-3, 4x4 minibatches"),
+            ("mappo_mb4", "_mb4", "cleanmarl, --num-minibatches 4 (Table V's rates)"))
     for game in ("2s3z", "3s5z"):
         found = [(suffix, label, runs) for exp, suffix, label in arms
                  if (runs := our_runs(args.folder, f"smax:{game}", "charts/win_rate", exp))]
