@@ -148,7 +148,11 @@ def main():
         print("device check skipped: no CUDA device here (torch.cuda.is_available() is False); "
               "`python docs/device_check.py --device cpu` runs the same check on the CPU")
         return 0
-    cases = [c for c in CASES if re.search(args.only, f"{c[0]} {c[1]}")]
+    try:
+        cases = [c for c in CASES if re.search(args.only, f"{c[0]} {c[1]}")]
+    except re.error as e:
+        print(f"error: --only '{args.only}' is not a regular expression ({e})", file=sys.stderr)
+        return 2
     if not cases:
         print(f"error: no case matches --only '{args.only}'", file=sys.stderr)
         return 2

@@ -55,6 +55,10 @@ def test_device_check_rejects_an_empty_selection(tmp_path):
     out = subprocess.run([sys.executable, str(CHECK), "--device", "cpu", "--only", "no-such-script"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and out.stderr.strip() == "error: no case matches --only 'no-such-script'"
+    out = subprocess.run([sys.executable, str(CHECK), "--device", "cpu", "--only", "mappo(("],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith("error: --only 'mappo((' is not a regular expression")
+    assert "Traceback" not in out.stderr
 
 
 @needs_cuda
