@@ -569,7 +569,7 @@ if __name__ == "__main__":
     check_args(args)
     args.batch_size = args.num_envs * args.num_steps
     if args.batch_size % args.num_minibatches:
-        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size})")
+        fail(f"--num-minibatches ({args.num_minibatches}) must divide num_envs*num_steps ({args.batch_size}): set one that does")
     args.minibatch_size = args.batch_size // args.num_minibatches
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.num_iterations < 1:
