@@ -50,13 +50,15 @@ emit_spec() {  # steps env-id table-flags "script [flags...]"
 
 # CORA Table V rows as flags (gamma, GAE lambda, 10 epochs and lambda_reg are the scripts' defaults
 # and shared by every row). K (MC samples) is added only for the CORA scripts.
+# Table V gives no minibatches: the groups pin the full batch their committed results were measured
+# with (the scripts' own VMAS/SMAC/GRF rows take 4 since issue 19, docs/parity.md).
 TV_MATRIX="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.3 --ent-coef 1e-3 --num-envs 4"
 TV_DIFF="--learning-rate 5e-5 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 4"
 TV_MUJOCO="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 4"
-TV_VMAS_NAV="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 64"
-TV_VMAS="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 16"
-TV_SMAC="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 20"
-TV_GRF="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 50"
+TV_VMAS_NAV="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 64 --num-minibatches 1"
+TV_VMAS="--learning-rate 5e-4 --critic-learning-rate 5e-3 --clip-coef 0.2 --ent-coef 1e-4 --num-envs 16 --num-minibatches 1"
+TV_SMAC="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 20 --num-minibatches 1"
+TV_GRF="--learning-rate 5e-4 --critic-learning-rate 5e-4 --clip-coef 0.2 --ent-coef 1e-3 --num-envs 50 --num-minibatches 1"
 CORA_SHARED="--core-reg 1e-2"
 
 # The CORA paper's comparison set (Figs. 2-7): MAPPO, Optimistic MAPPO, HAPPO, CORA-PPO with the
@@ -136,15 +138,18 @@ group_grf() {  # CORA Fig. 7 (gfootball; cleanmarl/envs/install_gfootball.sh bui
   done
 }
 
-# Issue 19's parity: our MAPPO with no hyperparameter flags (the env family's row of CORA Table V)
-# against a peer's MAPPO with the peer's own defaults, on the peer's home task, at equal env steps.
+# Issue 19's parity: our MAPPO with no hyperparameter flags (the env family's row of CORA Table V, 4
+# minibatches), and with the full batch (what choosing 4 did), against a peer's MAPPO with the
+# peer's own defaults, on the peer's home task, at equal env steps.
 # BenchMARL runs from the Python in BENCHMARL_PYTHON (default .venv-bench/bin/python, see
 # requirements-bench.txt) and is left out, with the install line, where it is absent. JaxMARL's
 # MAPPO (SMAX 2s3z/3s5z) is a script in its repository's baselines/ that logs only to W&B: not
 # wired here (docs/parity.md); our SMAX arms run, and its published-config figure is the reference.
 group_parity() {
   local bm=${BENCHMARL_PYTHON:-$ROOT/.venv-bench/bin/python} steps seed
-  emit 2000000 mappo_continuous.py "vmas:navigation,n_agents=3,shared_rew=False" --eval-interval 100000
+  local nav="vmas:navigation,n_agents=3,shared_rew=False"
+  emit 2000000 mappo_continuous.py "$nav" --eval-interval 100000
+  emit 2000000 mappo_continuous.py "$nav" --eval-interval 100000 --num-minibatches 1 --exp-name mappo_continuous_mb1
   if "$bm" -c "import benchmarl" 2>/dev/null; then
     steps=$(awk -v s=2000000 -v x="$SCALE" 'BEGIN { v = int(s * x + 0.5); print (v < 1 ? 1 : v) }')
     for seed in ${SEEDS//,/ }; do
@@ -154,8 +159,9 @@ group_parity() {
     echo "parity: BenchMARL is not installed, its runs are left out: python -m venv --system-site-packages" \
       ".venv-bench && .venv-bench/bin/pip install -r requirements-bench.txt" >&2
   fi
-  for map in 2s3z 3s5z; do  # our defaults, then the same with rMAPPO's GRU policy (JaxMARL's has one)
+  for map in 2s3z 3s5z; do  # our defaults, the full batch, and rMAPPO's GRU policy (JaxMARL's has one)
     emit 1000000 mappo.py "smax:$map" --eval-interval 100000
+    emit 1000000 mappo.py "smax:$map" --eval-interval 100000 --num-minibatches 1 --exp-name mappo_mb1
     emit 1000000 mappo.py "smax:$map" --eval-interval 100000 --recurrent --exp-name mappo_gru
   done
 }

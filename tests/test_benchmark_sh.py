@@ -69,6 +69,9 @@ def test_table_v_settings_reach_the_commands():
     assert sum("--no-share-actor --exp-name mappo_peragent" in l for l in lines) == 4
     half = bench("matrix", "--dry-run", "--seeds", "7", "--steps-scale", "0.5").stdout
     assert "--seed 7 --total-timesteps 50000 " in half
+    # the groups pin the full batch their results were measured with (the scripts' VMAS/SMAC rows take 4)
+    vmas = bench("give_way", "--dry-run", "--seeds", "1").stdout.splitlines()
+    assert vmas and all("--num-envs 16 --num-minibatches 1" in l for l in vmas)
     ilvf = bench("cacc", "--dry-run", "--seeds", "1").stdout
     assert ilvf.count("--update-epochs 15 --clip-coef 0.2 --ent-coef 0.01 --learning-rate 8e-5") == 2 * 5  # mappo + 4 ILVF arms
     assert ilvf.count("--influence oracle --exp-name ilvf_ppo_oracle") == 2
@@ -76,7 +79,8 @@ def test_table_v_settings_reach_the_commands():
 
 def test_parity_runs_our_defaults_and_leaves_out_a_missing_peer():
     ours = [l for l in bench("parity", "--dry-run", "--seeds", "1").stdout.splitlines() if "cleanmarl/" in l]
-    assert len(ours) == 5 and not any("--learning-rate" in l or "--num-envs" in l for l in ours)  # family rows
+    assert len(ours) == 8 and not any("--learning-rate" in l or "--num-envs" in l for l in ours)  # family rows
+    assert sum("--num-minibatches 1 --exp-name mappo_" in l for l in ours) == 3  # and the full batch, per task
     assert sum("smax" in l and "--recurrent --exp-name mappo_gru" in l for l in ours) == 2  # the GRU arm per map
     env = dict(os.environ, BENCHMARL_PYTHON="/nonexistent/python")
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmark.sh"), "parity", "--dry-run", "--seeds", "1"],
