@@ -85,15 +85,16 @@ def our_runs(folder, env_id, tag, exp):
 
 def keep(out, env_id, tag, exp, runs):
     """Write one arm's curves as DIR/cleanmarl/<env>__<exp>__<seed>.csv: step, the tag, the
-    greedy evaluations (eval_step, eval) in the first rows, the run's SPS in the first row."""
+    greedy evaluations (eval_step, eval) in the first rows, the run's SPS in the first row; values
+    written exactly (repr), so the folder re-plots to the same numbers."""
     os.makedirs(os.path.join(out, "cleanmarl"), exist_ok=True)
     for r in runs:
         with open(os.path.join(out, "cleanmarl", f"{slug(env_id)}__{exp}__{r['seed']}.csv"), "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["step", tag, "eval_step", "eval", "sps"])
             for i, (step, value) in enumerate(zip(r["steps"], r["values"])):
-                ev = (f"{r['eval_steps'][i]:.0f}", f"{r['eval'][i]:.6g}") if i < len(r["eval"]) else ("", "")
-                w.writerow([f"{step:.0f}", f"{value:.6g}", *ev, f"{r['sps']:.0f}" if i == 0 and r["sps"] == r["sps"] else ""])
+                ev = (f"{r['eval_steps'][i]:.0f}", repr(float(r["eval"][i]))) if i < len(r["eval"]) else ("", "")
+                w.writerow([f"{step:.0f}", repr(float(value)), *ev, f"{r['sps']:.0f}" if i == 0 and r["sps"] == r["sps"] else ""])
 
 
 def keep_peer(out, runs):
@@ -130,6 +131,10 @@ SMAX_ARMS = (("mappo", "cleanmarl mappo.py, no flags (Table V's SMAC row, 4 mini
              ("mappo_gru", "cleanmarl mappo.py --recurrent (GRU)"),
              ("mappo_mb1", "cleanmarl, --num-minibatches 1 (the full batch)"),
              ("mappo_jaxmarl_lr", "cleanmarl, JaxMARL's lr 2e-3, 4 epochs x 4 minibatches"))
+
+
+def sps_text(sps):
+    return f"{sps:.0f}" if np.isfinite(sps) else "not recorded"
 
 
 def arm_label(label, curves):
@@ -191,7 +196,7 @@ def main(argv=None):
                 steps = row["steps_to_90pct_of_peer_final"]
                 to90 = f"{steps:.0f} ({row['seeds_reaching_it']} seeds)" if steps else "not reached"
             ci = row["final_ci"]
-            lines.append(f"| {name} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {to90} | {row['sps']:.0f} |")
+            lines.append(f"| {name} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {to90} | {sps_text(row['sps'])} |")
         for label, c in criteria:
             lines += ["", f"{label}: mean curve >= BenchMARL's at {c['ours_at_least_peer']} of {c['grid_points_past_0.5M']} "
                           f"grid points past 0.5M steps, criterion {'met' if c['met'] else 'NOT met'}."]
@@ -220,7 +225,7 @@ def main(argv=None):
                 ax.fill_between(grid, low, high, alpha=0.2)
             ci = row["final_ci"]
             lines.append(f"| {label} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | "
-                         f"{row['eval_win_rate_at_the_end']} | {row['sps']:.0f} |")
+                         f"{row['eval_win_rate_at_the_end']} | {sps_text(row['sps'])} |")
         ax.set_xlabel("env steps"), ax.set_ylabel("training win rate"), ax.set_title(f"SMAX {game}"), ax.set_ylim(-0.05, 1.05)
         ax.legend(fontsize="x-small")
         fig.tight_layout(), fig.savefig(os.path.join(args.out, f"parity_smax_{game}.png"), dpi=100)

@@ -106,3 +106,35 @@ def test_summary_plots_and_table_from_event_files(tmp_path):
 def test_no_runs_is_one_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no runs"):
         pr.main([str(tmp_path), "--out", str(tmp_path / "o")])
+
+
+def test_parity_criterion_by_hand_and_its_csv_folder_replots_the_same(tmp_path):
+    """docs/plot_parity.py on synthetic runs: BenchMARL flat at 0.9; our default arm at 1.0 (>= the
+    peer at every grid point past 0.5M: met), the full-batch arm at 0.5 (at none: not met); the
+    final means by hand; then the CSV folder it writes, re-plotted alone, gives the same numbers."""
+    import plot_parity as pp
+
+    steps = np.arange(0, 1_000_001, 50_000)
+    for seed in (1, 2):
+        for exp, value in (("mappo_continuous", 1.0), ("mappo_continuous_mb1", 0.5)):
+            write_run(tmp_path / "runs", pp.NAV_ID, exp, seed, [(int(s), value + 0.01 * seed) for s in steps],
+                      extra={"charts/SPS": [(1_000_000, 5000.0 * seed)], "eval/episodic_return": [(1_000_000, 2.0)]})
+        os.makedirs(tmp_path / "parity", exist_ok=True)
+        with open(tmp_path / "parity" / f"benchmarl_navigation_{seed}.csv", "w") as f:
+            f.write("frames,episode_reward_mean,fps\n" + "".join(f"{s},0.9,600\n" for s in steps))
+        write_run(tmp_path / "runs", "smax:2s3z", "mappo", seed, [(int(s), 0.5) for s in steps], tag="charts/win_rate",
+                  extra={"eval/win_rate": [(500_000, 0.7), (1_000_000, 0.9)]})
+    pp.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    first = json.load(open(tmp_path / "out" / "results.json"))
+    nav = first["vmas_navigation"]
+    ours, full = (nav[label] for _, label in pp.NAV_ARMS)
+    assert ours["final"] == pytest.approx(1.015) and full["final"] == pytest.approx(0.515)
+    assert ours["sps"] == pytest.approx(7500.0)
+    past = int((np.linspace(0, 1_000_000, 100) > 500_000).sum())
+    assert ours["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": past, "met": True}
+    assert full["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": 0, "met": False}
+    assert ours["steps_to_90pct_of_peer_final"] == 0 and full["steps_to_90pct_of_peer_final"] is None
+    assert first["smax_2s3z__mappo"]["eval_win_rate_at_the_end"] == [0.9, 0.9]
+    assert sorted(os.listdir(tmp_path / "out" / "benchmarl")) == ["benchmarl_navigation_1.csv", "benchmarl_navigation_2.csv"]
+    pp.main([str(tmp_path / "out"), "--out", str(tmp_path / "again")])
+    assert json.load(open(tmp_path / "again" / "results.json")) == first
