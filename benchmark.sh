@@ -271,8 +271,8 @@ print(int(n * E / (time.time() - start)))
 EOF
 }
 
-train() {  # script, env id, num envs (STEPS steps)
-  python "cleanmarl/$1" --env-id "$2" --num-envs "$3" --total-timesteps "$STEPS" --threads 1 2>&1 \
+train() {  # script, env id, num envs (STEPS steps); the full batch, as the figures in docs/benchmarks.md
+  python "cleanmarl/$1" --env-id "$2" --num-envs "$3" --num-minibatches 1 --total-timesteps "$STEPS" --threads 1 2>&1 \
     | grep -o 'SPS=[0-9]*' | tail -1 | cut -d= -f2
 }
 
