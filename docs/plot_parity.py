@@ -13,7 +13,8 @@ one arm per exp name (NAV_ARMS, SMAX_ARMS: no flags, the full-batch arm, the GRU
   to 90 %    per seed, the first grid step at which the curve reaches 90 % of the peer's final
              mean (BenchMARL's), mean over the seeds that reach it;
   at least   whether an arm's mean curve is >= the peer's at every grid point past 0.5M steps (the
-             issue's criterion), and at how many of them it is;
+             issue's criterion), and at how many of them it is; and the same on the curves' means
+             over windows of 100k steps past 0.5M;
   SPS        steps per second (ours: the last `charts/SPS`; BenchMARL: frames / wall time).
 SMAX maps have no peer run here (docs/parity.md says why): their rows give our training win rate
 and greedy evaluation win rates. Writes results.md, results.json, one PNG per task, and every
@@ -35,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from plot_results import mean_ci, parse_run_name, read_scalars  # noqa: E402
 
 PAST = 500_000  # the issue's "every logged point past 0.5M frames"
+WINDOW = 100_000
 
 
 def slug(env_id):
@@ -178,6 +180,12 @@ def main(argv=None):
                 ahead = curves.mean(0)[past] >= pc.mean(0)[past]
                 row["criterion"] = {"grid_points_past_0.5M": int(past.sum()), "ours_at_least_peer": int(ahead.sum()),
                                     "met": bool(past.any() and ahead.all())}
+                # the same on 100k-step windows: one batch's mean episode reward moves by a few hundredths
+                edges = np.arange(PAST, grid[-1] + 1, WINDOW)
+                gaps = [float(curves.mean(0)[w].mean() - pc.mean(0)[w].mean())
+                        for lo in edges if (w := (grid > lo) & (grid <= lo + WINDOW)).any()]
+                row["criterion"]["window_mean_minus_peer"] = [round(g, 4) for g in gaps]
+                row["criterion"]["windows_at_least_peer"] = sum(g >= 0 for g in gaps)
                 criteria.append((label, row["criterion"]))
             keep(args.out, NAV_ID, tag, exp, runs)
             mean, low, high = mean_ci(curves)
@@ -200,7 +208,9 @@ def main(argv=None):
             lines.append(f"| {name} | {row['seeds']} | {row['final']:.3f} | [{ci[0]:.3f}, {ci[1]:.3f}] | {to90} | {sps_text(row['sps'])} |")
         for label, c in criteria:
             lines += ["", f"{label}: mean curve >= BenchMARL's at {c['ours_at_least_peer']} of {c['grid_points_past_0.5M']} "
-                          f"grid points past 0.5M steps, criterion {'met' if c['met'] else 'NOT met'}."]
+                          f"grid points past 0.5M steps, criterion {'met' if c['met'] else 'NOT met'}; in "
+                          f"{c['windows_at_least_peer']} of {len(c['window_mean_minus_peer'])} windows of 100k steps past 0.5M "
+                          f"(ours minus BenchMARL per window: {', '.join(f'{g:+.3f}' for g in c['window_mean_minus_peer'])})."]
         lines += ["", "![navigation](parity_navigation.png)", ""]
     tag = "charts/win_rate"
     for game in ("2s3z", "3s5z"):

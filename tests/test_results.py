@@ -131,8 +131,10 @@ def test_parity_criterion_by_hand_and_its_csv_folder_replots_the_same(tmp_path):
     assert ours["final"] == pytest.approx(1.015) and full["final"] == pytest.approx(0.515)
     assert ours["sps"] == pytest.approx(7500.0)
     past = int((np.linspace(0, 1_000_000, 100) > 500_000).sum())
-    assert ours["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": past, "met": True}
-    assert full["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": 0, "met": False}
+    assert ours["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": past, "met": True,
+                                 "window_mean_minus_peer": [0.115] * 5, "windows_at_least_peer": 5}
+    assert full["criterion"] == {"grid_points_past_0.5M": past, "ours_at_least_peer": 0, "met": False,
+                                 "window_mean_minus_peer": [-0.385] * 5, "windows_at_least_peer": 0}
     assert ours["steps_to_90pct_of_peer_final"] == 0 and full["steps_to_90pct_of_peer_final"] is None
     assert first["smax_2s3z__mappo"]["eval_win_rate_at_the_end"] == [0.9, 0.9]
     assert sorted(os.listdir(tmp_path / "out" / "benchmarl")) == ["benchmarl_navigation_1.csv", "benchmarl_navigation_2.csv"]
