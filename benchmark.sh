@@ -277,7 +277,7 @@ train() {  # script, env id, num envs (STEPS steps); the full batch, as the figu
 }
 
 # Head-to-head with BenchMARL's MAPPO (TorchRL), when installed. Same task settings (BenchMARL's
-# navigation config: 3 agents, shared_rew=False, 100 steps), 64 envs x 100 steps per batch, 10
+# navigation config: 3 agents, shared_rew=False, 100 steps), 64 envs x 100 steps per batch (ours: x 50 continuous), 10
 # full-batch epochs, 64x64 tanh MLPs, one thread; runs alternate.
 head_to_head() {
   BENCHMARL_PYTHON=${BENCHMARL_PYTHON:-$ROOT/.venv-bench/bin/python}  # as the parity group
