@@ -167,6 +167,10 @@ class Args:
     """the learning rate of the twin Q critics (default: --critic-learning-rate, Table V's critic rate)"""
     anneal_q_lr: bool = False
     """toggle linear annealing of the Q critics' learning rate to 0 (off: they keep tracking the moving policy)"""
+    q_stop: float = 0.0
+    """stop a rollout's Q epochs early once --q-patience epochs lowered the Q loss by less than this fraction of it (0: always all --q-epochs)"""
+    q_patience: int = 5
+    """the epochs over which --q-stop compares the Q loss"""
 
     # to be filled in at runtime (never set by hand)
     batch_size: int = 0
@@ -349,11 +353,16 @@ FLAG_RANGES = {
     "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
     "num_coalitions": ">= -1", "coalition_sets": ">= 1", "mc_samples": ">= 1", "core_reg": ">= 0",
     "violation_samples": ">= 0", "truth_samples": ">= 0", "q_epochs": ">= 1", "q_learning_rate": "> 0",
+    "q_stop": "in [0, 1]", "q_patience": ">= 1",
 }
 # Flags a resumed run may change; every other flag it sets must match the checkpoint's run.
 RUN_FLAGS = {"checkpoint", "eval_only", "eval_interval", "eval_episodes", "capture_video", "save_model",
              "total_timesteps", "track", "wandb_project_name", "wandb_entity", "threads", "cuda"}
 SCRIPT = os.path.basename(__file__)
+# One critic evaluation in the Monte-Carlo pass costs about this on one thread of the reference CPU
+# (docs/cora.md, `python docs/cora_speed.py --mc-only`); a run whose pass will take longer than
+# MC_NOTE_SECONDS per update says so before it starts.
+MC_EVAL_SECONDS, MC_NOTE_SECONDS = 0.25e-6, 5.0
 
 
 def fail(message):
@@ -475,11 +484,23 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     return advantages
 
 
-def clock(device):
-    """Seconds for timing a stage: on a GPU, once the queued work is done (the host runs ahead)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+class Stopwatch:
+    """Where an iteration's time goes: `lap(tag)` adds the milliseconds since the previous lap to
+    `ms[tag]` (on a GPU, once the queued work is done: the host runs ahead)."""
+
+    def __init__(self, device):
+        self.device, self.ms = device, {}
+        self.last = self.now()
+
+    def now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, tag):
+        now = self.now()
+        self.ms[tag] = self.ms.get(tag, 0.0) + 1000 * (now - self.last)
+        self.last = now
 
 
 def masked_mean(x, mask):
@@ -628,40 +649,71 @@ class QNet(nn.Module):
         self.action_in = layer_init(nn.Linear(n_agents * n_actions, hidden))
         self.head = nn.Sequential(nn.Tanh(), layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
                                   layer_init(nn.Linear(hidden, 1), std=1.0))
+        self.scratch = torch.empty(0)  # mc_coalition_q's buffers, kept between calls (not part of the model)
 
     def first_layer(self, state, actions):
         """state [..., S], actions [..., n] long -> [..., H] (shapes broadcast)."""
         onehot = nn.functional.one_hot(actions, self.A).flatten(-2).to(state.dtype)
         return self.state_in(state) + self.action_in(onehot)
 
-    def agent_terms(self, actions):
-        """Agent i's part of the first layer's action map, its weight column for a_i: [..., n] -> [..., n, H]."""
-        columns = self.action_in.weight.T.reshape(self.n, self.A, -1)  # [n, A, H]
-        return columns[torch.arange(self.n, device=actions.device), actions]
+    def agent_terms(self, actions, out=None):
+        """Agent i's part of the first layer's action map, its weight column for a_i, agents first:
+        [..., n] -> [n, ..., H] (written into `out` of that shape when given)."""
+        agents = torch.arange(self.n, device=actions.device).view(-1, *[1] * (actions.dim() - 1))
+        columns = agents * self.A + actions.movedim(-1, 0)  # [n, ...]: i's column for a_i
+        terms = torch.index_select(self.action_in.weight.T.contiguous(), 0, columns.flatten(),
+                                   out=None if out is None else out.view(-1, out.shape[-1]))
+        return terms.view(*columns.shape, -1)
 
     def forward(self, state, actions):
         """state [..., S], actions [..., n] long -> Q [...]."""
         return self.head(self.first_layer(state, actions)).squeeze(-1)
 
 
-def mc_coalition_q(q, state, actions, mc_actions, coalitions, rows_per_chunk=16384):
+def mc_coalition_q(q, state, actions, mc_actions, coalitions, rows_per_chunk=8192):
     """Eq. (7), inner term, by Monte Carlo: (1/K) sum_k Q(s, a_C, a^k_-C) for the critic q, every
-    sample and every coalition: q on all the mixed joint actions [sample, draw, coalition], in chunks
-    of samples of about `rows_per_chunk` joint actions (memory; and chunks that stay in the cache
-    run faster). state [B, S], actions [B, n, ...] (taken), mc_actions [B, K, n, ...] (drawn from
-    the current policies), coalitions [m, n] bool -> [B, m].
-    One saving: q's first layer is linear in the actions, so for "C keeps a_C, the others play draw
-    k" it is its value at draw k plus, for each agent i of C, i's term for a_i minus its term for
-    a^k_i; the rest of q (`head`) runs on every mixed joint action."""
-    K, m = mc_actions.shape[1], coalitions.shape[0]
+    sample and every coalition. state [B, S], actions [B, n, ...] (taken), mc_actions [B, K, n, ...]
+    (drawn from the current policies), coalitions [m, n] bool -> [B, m].
+    The work is the paper's: q on B m K mixed joint actions ("C keeps a_C, the others play draw k").
+    Three things make each evaluation cheap without changing q's function:
+    - q's first layer is linear in the actions, so for a mixed joint action it is its value at draw
+      k plus, for each agent i of C, i's term for a_i minus its term for a^k_i: one GEMM of the
+      coalitions' 0/1 rows [m, n] with those differences;
+    - the head's tanh as 2 sigmoid(2x) - 1 (the same function: float32 rounding apart; a float32
+      sigmoid costs 0.4 ns here, tanh 2.8 ns), with the constants folded into the GEMMs, since
+      W tanh(x) + c = 2 W sigmoid(2x) + (c - W 1): no pass over memory of their own;
+    - buffers made once per call and reused by every chunk of about `rows_per_chunk` joint actions.
+    What is left is the head itself, a [64, 64] GEMM and 2 x 64 sigmoids per evaluation: the pass's
+    floor, against which docs/cora_speed.py --mc-only measures it (docs/cora.md)."""
+    B, K, n = mc_actions.shape[:3]
+    m, H = coalitions.shape[0], q.state_in.out_features
+    hidden, output = q.head[1], q.head[3]  # head = (tanh, hidden, tanh, output)
+    c_hidden = hidden.bias - hidden.weight.sum(1)  # [H]: c - W 1
+    c_output = output.bias - output.weight.sum(1)  # [1]
     inside = coalitions.to(state.dtype)  # [m, n]
-    out = []
-    for sl in torch.arange(len(state), device=state.device).split(max(1, rows_per_chunk // (K * m))):
-        drawn = q.first_layer(state[sl, None], mc_actions[sl])  # [b, K, H]
-        swap = q.agent_terms(actions[sl, None]) - q.agent_terms(mc_actions[sl])  # [b, K, n, H]
-        mixed = drawn.unsqueeze(2) + inside @ swap  # [b, K, m, H]: the first layer of each mixed action
-        out.append(q.head(mixed).squeeze(-1).mean(1))
-    return torch.cat(out)
+    per_chunk = max(1, rows_per_chunk // (K * m))  # samples per chunk
+    rows = min(B, per_chunk) * K * m
+    # the large intermediates live in buffers that q keeps: fresh multi-MB memory costs a page fault
+    # per 4 KiB the first time it is written, which on this CPU doubled the pass
+    sizes = (rows // m * n * H, rows // m * H, rows * H, rows * H, rows)
+    if q.scratch.numel() < sum(sizes) or q.scratch.dtype != state.dtype or q.scratch.device != state.device:
+        q.scratch = state.new_empty(sum(sizes))
+    t_buf, d_buf, x1, x2, v = q.scratch[: sum(sizes)].split(sizes)
+    out = state.new_empty(B, m)
+    for start in range(0, B, per_chunk):
+        sl = slice(start, start + per_chunk)
+        b = len(state[sl])
+        r = b * K * m
+        terms = q.agent_terms(mc_actions[sl], out=t_buf[: n * b * K * H].view(n, b, K, H))  # each agent's term at draw k
+        drawn = torch.sum(terms, 0, out=d_buf[: b * K * H].view(b, K, H))
+        drawn.add_(q.state_in(state[sl, None])).add_(q.action_in.bias)  # [b, K, H]: q.first_layer at draw k
+        swap = torch.sub(q.agent_terms(actions[sl, None]), terms, out=terms)  # a_i's term - a^k_i's
+        # rows (coalition, sample, draw): 2 x the first layer, 2 x the hidden layer, then q
+        mixed = torch.addmm(drawn.view(1, -1), inside, swap.view(n, -1), beta=2.0, alpha=2.0, out=x1[: r * H].view(m, -1))
+        torch.addmm(c_hidden, mixed.sigmoid_().view(r, H), hidden.weight.T, beta=2.0, alpha=4.0, out=x2[: r * H].view(r, H))
+        torch.addmm(c_output, x2[: r * H].view(r, H).sigmoid_(), output.weight.T, alpha=2.0, out=v[:r].view(r, 1))
+        out[sl] = v[:r].view(m, b, K).mean(-1).T
+    return out
 
 
 class TwinQ(nn.Module):
@@ -839,6 +891,12 @@ if __name__ == "__main__":
     if args.q_learning_rate is None:  # Table V gives one critic rate: V's and the Q critics'
         args.q_learning_rate = args.critic_learning_rate
     m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
+    mc_seconds = 2 * args.batch_size * min(m, 2**n - 2) * args.mc_samples * MC_EVAL_SECONDS / args.threads
+    if args.critic == "mc" and device.type == "cpu" and mc_seconds > MC_NOTE_SECONDS and not args.eval_only:
+        print(f"note: the Monte-Carlo pass (Eq. 7) evaluates the critics {args.batch_size} samples x {min(m, 2**n - 2)} "
+              f"coalitions x {args.mc_samples} draws x 2 times per update: about {mc_seconds:.0f} s an update on the reference CPU "
+              f"({args.threads} thread(s)), {mc_seconds * args.num_iterations / 3600:.1f} h for this run. Cheaper: --critic quadratic (closed form), "
+              "--mc-samples 16, --num-coalitions 15, or --cuda (docs/cora.md)", file=sys.stderr, flush=True)
 
 
     if args.track:
@@ -938,6 +996,7 @@ if __name__ == "__main__":
     handlers = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, on_signal)
     try:
         for iteration in range(done_iterations + 1, args.num_iterations + 1):
+            watch = Stopwatch(device)  # time/..._ms: this iteration's stages
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 for optimizer in actor_optimizers:
@@ -974,6 +1033,8 @@ if __name__ == "__main__":
                 if ep.win is not None:
                     ep_win_sum += ep.win.sum()
 
+            watch.lap("time/rollout_ms")
+
             # ---- GAE ----------------------------------------------------------------------
             with torch.no_grad():
                 next_value = value_of(step.state)
@@ -992,6 +1053,8 @@ if __name__ == "__main__":
                 else:
                     old_v, targets = values, returns
 
+            watch.lap("time/gae_ms")
+
             # ---- the batch ----------------------------------------------------------------
             b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
             b_active = active.flatten(0, 1)  # [B, n]
@@ -1007,13 +1070,11 @@ if __name__ == "__main__":
                 coalitions = torch.stack([sample_coalitions(n, m, coalition_gen, device) for _ in blocks])  # [G, m, n]
                 coalition_adv = torch.zeros(args.batch_size, coalitions.shape[1], device=device)  # [B, m]
                 b_alloc, eps = torch.zeros(args.batch_size, n, device=device), torch.zeros(args.batch_size, device=device)
-                coalition_s = qp_s = 0.0
                 for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
-                    t0 = clock(device)
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actors.dist(b_obs[blk], b_avail[blk]), C)
-                    t1 = clock(device)
+                    watch.lap("core/coalition_ms")
                     b_alloc[blk], eps[blk] = core_allocation(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]
-                    coalition_s, qp_s = coalition_s + t1 - t0, qp_s + clock(device) - t1
+                    watch.lap("core/qp_ms")
                 coalitions_of = coalitions.repeat_interleave(torch.tensor([len(b) for b in blocks], device=device), 0)  # [B, m, n]
                 violation_ratio = float("nan")
                 if every_coalition is not None and args.violation_samples > 0:
@@ -1033,6 +1094,8 @@ if __name__ == "__main__":
                     truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]).probs,
                                                coalitions_of[:k])
                     adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
+            watch.lap("core/diagnostics_ms")
+
             # ---- HAPPO update (Alg. 1 l. 22-23): the actors one after another, each with its A_i ----
             perm = torch.randperm(n).tolist()  # a fresh agent order at every update
             factors, stats = sequential_actor_update(actors, actor_optimizers, perm, b_obs, b_avail, b_active,
@@ -1051,9 +1114,13 @@ if __name__ == "__main__":
                     nn.utils.clip_grad_norm_(critic.parameters(), args.max_grad_norm)
                     critic_optimizer.step()
 
+            watch.lap("time/update_ms")
+
             # ---- Q critics (Alg. 1 l. 25): both regress on y, on their own schedule -------------
+            epoch_losses = []  # each epoch's Q loss, summed over its minibatches (for --q-stop)
             for epoch in range(args.q_epochs):
                 b_inds = torch.randperm(args.batch_size, device=device)
+                epoch_loss = 0.0
                 for start in range(0, args.batch_size, args.minibatch_size):
                     mb = b_inds[start : start + args.minibatch_size]
                     q_loss = ((twin_q(b_state[mb], b_actions[mb]) - b_q_targets[mb]) ** 2).mean(-1).sum()
@@ -1061,8 +1128,20 @@ if __name__ == "__main__":
                     q_loss.backward()
                     nn.utils.clip_grad_norm_(twin_q.parameters(), args.max_grad_norm)
                     q_optimizer.step()
+                    epoch_loss = epoch_loss + q_loss.detach()
+                epoch_losses.append(epoch_loss)
+                if args.q_stop > 0 and epoch >= args.q_patience:  # the loss has flattened: Q has caught up with y
+                    if float(epoch_losses[-1]) > (1 - args.q_stop) * float(epoch_losses[-1 - args.q_patience]):
+                        break
+
+            watch.lap("core/q_critics_ms")
 
             # ---- logging ------------------------------------------------------------------
+            last_whole = snapshot(models, optimizers, generators, args, iteration, global_step)
+            watch.lap("time/snapshot_ms")
+            for tag, ms in watch.ms.items():
+                writer.add_scalar(tag, ms, global_step)
+            writer.add_scalar("time/iteration_ms", sum(watch.ms.values()), global_step)
             y_pred, y_true = values.flatten(), returns.flatten()
             var_y = y_true.var()
             explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
@@ -1079,13 +1158,12 @@ if __name__ == "__main__":
             writer.add_scalar("charts/SPS", sps, global_step)
             writer.add_scalar("happo/last_agent_factor_std", factors[perm[-1]].std().item(), global_step)
             writer.add_scalar("losses/q_loss", q_loss.item(), global_step)
+            writer.add_scalar("core/q_epochs", len(epoch_losses), global_step)
             writer.add_scalar("core/epsilon", eps.mean().item(), global_step)
             writer.add_scalar("core/violation_ratio", violation_ratio, global_step)
             writer.add_scalar("core/equal_split_frac", equal_split.float().mean().item(), global_step)
             writer.add_scalar("core/adv_corr", adv_corr, global_step)
             writer.add_scalar("core/alloc_std", b_alloc.std().item(), global_step)
-            writer.add_scalar("core/coalition_ms", 1000 * coalition_s, global_step)
-            writer.add_scalar("core/qp_ms", 1000 * qp_s, global_step)
             count = int(ep_count)
             if count:
                 mean_return = ep_return_sum.item() / count
@@ -1093,7 +1171,6 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
                 if spec.has_win:
                     writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
-            last_whole = snapshot(models, optimizers, generators, args, iteration, global_step)
             if args.eval_interval and global_step // args.eval_interval > (global_step - args.batch_size) // args.eval_interval:
                 log_evaluation(greedy_evaluation(global_step))
             now = time.time()

@@ -286,6 +286,25 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, lam):
     return advantages
 
 
+class Stopwatch:
+    """Where an iteration's time goes: `lap(tag)` adds the milliseconds since the previous lap to
+    `ms[tag]` (on a GPU, once the queued work is done: the host runs ahead)."""
+
+    def __init__(self, device):
+        self.device, self.ms = device, {}
+        self.last = self.now()
+
+    def now(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def lap(self, tag):
+        now = self.now()
+        self.ms[tag] = self.ms.get(tag, 0.0) + 1000 * (now - self.last)
+        self.last = now
+
+
 class Categorical:
     """The policy's distribution over each agent's actions, from masked logits [..., A] (an
     unavailable action's logit is -1e10, so its probability is 0). Written out instead of
@@ -642,6 +661,7 @@ if __name__ == "__main__":
     handlers = signal.getsignal(signal.SIGINT), signal.signal(signal.SIGTERM, on_signal)
     try:
         for iteration in range(done_iterations + 1, args.num_iterations + 1):
+            watch = Stopwatch(device)  # time/..._ms: this iteration's stages
             if args.anneal_lr:
                 frac = 1.0 - (iteration - 1.0) / args.num_iterations
                 actor_optimizer.param_groups[0]["lr"] = frac * args.learning_rate
@@ -681,6 +701,8 @@ if __name__ == "__main__":
                 if ep.win is not None:
                     ep_win_sum += ep.win.sum()
 
+            watch.lap("time/rollout_ms")
+
             # ---- GAE ----------------------------------------------------------------------
             with torch.no_grad():
                 next_value = value_of(step.state)
@@ -693,6 +715,8 @@ if __name__ == "__main__":
                     targets = value_rms.normalize(returns)
                 else:
                     old_v, targets = values, returns
+
+            watch.lap("time/gae_ms")
 
             # ---- PPO update ---------------------------------------------------------------
             b_obs, b_state, b_avail = obs.flatten(0, 1), state.flatten(0, 1), avail.flatten(0, 1)
@@ -755,7 +779,14 @@ if __name__ == "__main__":
                 if args.target_kl is not None and approx_kl > args.target_kl:
                     break
 
+            watch.lap("time/update_ms")
+
             # ---- logging ------------------------------------------------------------------
+            last_whole = snapshot(models, optimizers, args, iteration, global_step)
+            watch.lap("time/snapshot_ms")
+            for tag, ms in watch.ms.items():
+                writer.add_scalar(tag, ms, global_step)
+            writer.add_scalar("time/iteration_ms", sum(watch.ms.values()), global_step)
             y_pred, y_true = values.flatten(), returns.flatten()
             var_y = y_true.var()
             explained_var = float("nan") if var_y == 0 else float(1 - (y_true - y_pred).var() / var_y)
@@ -776,7 +807,6 @@ if __name__ == "__main__":
                 writer.add_scalar("charts/episodic_length", ep_length_sum.item() / count, global_step)
                 if spec.has_win:
                     writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
-            last_whole = snapshot(models, optimizers, args, iteration, global_step)
             if args.eval_interval and global_step // args.eval_interval > (global_step - args.batch_size) // args.eval_interval:
                 log_evaluation(greedy_evaluation(global_step))
             now = time.time()

@@ -97,6 +97,16 @@ def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
                     "core/equal_split_frac", "core/adv_corr", "charts/q_learning_rate",
                     "losses/q_loss"]:
             assert len(scalars(run_dir, tag)) >= 1, tag
+    # each iteration's stages, timed: they add up to time/iteration_ms
+    stages = ["time/rollout_ms", "time/gae_ms", "time/update_ms", "time/snapshot_ms"]
+    if script.stem.startswith("cora"):
+        stages += ["core/coalition_ms", "core/qp_ms", "core/diagnostics_ms", "core/q_critics_ms"]
+    total = scalars(run_dir, "time/iteration_ms")
+    laps = [scalars(run_dir, tag) for tag in stages]
+    assert len(total) >= 1 and all(len(lap) == len(total) for lap in laps), stages
+    for i, (_, iteration_ms) in enumerate(total):
+        assert all(lap[i][1] >= 0 for lap in laps)
+        assert sum(lap[i][1] for lap in laps) == pytest.approx(iteration_ms, rel=1e-4)
     assert (run_dir / f"{script.stem}.cleanmarl_model").exists()
     summary = json.loads((run_dir / "eval.json").read_text())
     assert np.isfinite(summary["eval_return_mean"])
