@@ -158,14 +158,14 @@ class Args:
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
-    violation_samples: int = 64
-    """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one"""
+    violation_samples: int = 16
+    """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one (at 64 samples it outcost the main pass on MaMuJoCo's 200-sample batches)"""
     truth_samples: int = 16
     """samples per update on which core/adv_corr compares the estimated A_C with the true one (1024 draws of the env's reward each), where the env gives it (differential games; 0: off)"""
 
     # Q critics (Alg. 1 l. 25)
-    q_epochs: int = 50
-    """epochs of Q-critic regression per update, run after the actor and V updates (Alg. 1's order), with --num-minibatches minibatches each"""
+    q_epochs: Optional[int] = None
+    """epochs of Q-critic regression per update, run after the actor and V updates (Alg. 1's order), with --num-minibatches minibatches each (default: ceil(Q_STEPS / --num-minibatches), i.e. 50 Adam steps: 50 epochs of the full batch, 13 of 4 minibatches)"""
     q_learning_rate: Optional[float] = None
     """the learning rate of the twin Q critics (default: --critic-learning-rate, Table V's critic rate)"""
     anneal_q_lr: bool = False
@@ -358,6 +358,10 @@ FLAG_RANGES = {
 RUN_FLAGS = {"checkpoint", "eval_only", "eval_interval", "eval_episodes", "capture_video", "save_model",
              "total_timesteps", "track", "wandb_project_name", "wandb_entity", "threads", "cuda"}
 SCRIPT = os.path.basename(__file__)
+# The Q critics take Q_STEPS Adam steps per rollout: 50 full-batch epochs were chosen for credit
+# quality on matrix:peaks5 (docs/cora.md); there, with 4 minibatches, 13 epochs (52 steps) track as
+# well as 50 epochs (200 steps) at a fifth of the time, so the schedule counts steps, not epochs.
+Q_STEPS = 50
 # One critic evaluation in the Monte-Carlo pass costs about this on one thread of the reference CPU
 # (docs/cora.md, `python docs/cora_speed.py --mc-only`); a run whose pass will take longer than
 # MC_NOTE_SECONDS per update says so before it starts.
@@ -865,6 +869,8 @@ if __name__ == "__main__":
         fail(f"--coalition-sets must be in 1..num_envs*num_steps ({args.batch_size}), got {args.coalition_sets}")
     if args.q_learning_rate is None:  # Table V gives one critic rate: V's and the Q critics'
         args.q_learning_rate = args.critic_learning_rate
+    if args.q_epochs is None:  # the Q critics' schedule is a number of Adam steps (Q_STEPS), whatever the minibatching
+        args.q_epochs = -(-Q_STEPS // args.num_minibatches)
     m = args.num_coalitions if args.num_coalitions > 0 else 2 ** (n - 1) - 1
     mc_seconds = 2 * args.batch_size * min(m, 2**n - 2) * args.mc_samples * MC_EVAL_SECONDS / args.threads
     if args.critic == "mc" and device.type == "cpu" and mc_seconds > MC_NOTE_SECONDS and not args.eval_only:

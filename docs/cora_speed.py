@@ -221,7 +221,7 @@ def sps_table(agents, steps, rounds):
 # Where an update's time goes (issue 26): each contender at its defaults (the family's Table V row and
 # its K), one thread, alternating; per update, the mean of each time/... and core/..._ms stage over
 # the run's updates after the first (warm-up).
-STAGE_TASKS = {"smax:3s_vs_5z": 40_000, "smax:2s3z": 40_000, "smax:8m": 8_000,
+STAGE_TASKS = {"smax:3s_vs_5z": 20_000, "smax:2s3z": 20_000, "smax:8m": 8_000,
                "mamujoco:HalfCheetah-2x3": 32_000, "mamujoco:HalfCheetah-6x1": 16_000}
 STAGES = ["time/rollout_ms", "time/gae_ms", "time/update_ms", "core/coalition_ms", "core/qp_ms",
           "core/diagnostics_ms", "core/q_critics_ms", "time/snapshot_ms", "time/iteration_ms"]

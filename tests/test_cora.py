@@ -594,3 +594,25 @@ def test_a_costly_monte_carlo_pass_is_announced_before_the_run(tmp_path):
     assert "--critic quadratic" in note and "--mc-samples 16" in note and "--num-coalitions 15" in note
     r = test_scripts.run(CORA, "--env-id", "matrix:team", "--total-timesteps", "400", cwd=tmp_path)
     assert r.returncode == 0 and "note:" not in r.stderr, r.stderr
+
+
+def test_q_critic_schedule_counts_adam_steps_and_can_stop_early(tmp_path):
+    """--q-epochs defaults to ceil(Q_STEPS / --num-minibatches) (50 epochs of the full batch, 13 of
+    4 minibatches), is logged as core/q_epochs and kept in the run's hyperparameters; --q-stop ends
+    an update's Q epochs once --q-patience epochs lowered the loss by less than that fraction."""
+    from cleanmarl.cora_mappo import Q_STEPS
+
+    def epochs(*flags):
+        cwd = tmp_path / str(len(list(tmp_path.iterdir())))
+        cwd.mkdir()
+        r = test_scripts.run(CORA, "--env-id", "matrix:team", "--total-timesteps", "1200", "--violation-samples", "0",
+                             "--mc-samples", "2", *flags, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        return [v for _, v in test_scripts.scalars(test_scripts.only_run_dir(cwd), "core/q_epochs")]
+
+    assert Q_STEPS == 50
+    assert epochs() == [50] * 3  # the matrix row: the full batch
+    assert epochs("--num-minibatches", "4") == [13] * 3
+    assert epochs("--num-minibatches", "4", "--q-epochs", "7") == [7] * 3
+    stopped = epochs("--q-stop", "0.9", "--q-patience", "1")  # any epoch that fails to cut the loss by 90 % ends it
+    assert all(2 <= e < 50 for e in stopped), stopped
