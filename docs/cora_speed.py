@@ -8,7 +8,17 @@
    each keeps its best of `--rounds` runs, to damp the noise of a shared machine; the load
    average is printed with every figure.
 
+3. (`--mc-only`) the Monte-Carlo pass of Eq. (7) at the SMAX and MaMuJoCo tasks' sizes, both
+   critics, against its floor: the critic's head per joint action (a [64, 64] GEMM and 128
+   sigmoids), measured next to each task.
+4. (`--stages`) where an update's time goes: MAPPO, HAPPO and the CORA scripts at their defaults on
+   each task, every stage's ms per update from the runs' time/... and core/..._ms tags, and what
+   CORA adds over its base with and without the Monte-Carlo pass; `--before REV` also runs the CORA
+   scripts of an earlier git revision, alternating with today's.
+
 Usage: python docs/cora_speed.py               (a few minutes on a 2-core CPU)
+       python docs/cora_speed.py --mc-only     (about 2 minutes; SMAX and MaMuJoCo installed)
+       python docs/cora_speed.py --stages --before a40ac84 --rounds 1     (about 25 minutes)
        python docs/cora_speed.py --qp-only     (the solver timing alone, under a minute)
        python docs/cora_speed.py --agents 8 --steps 12800 --rounds 1
 """
@@ -275,19 +285,20 @@ def stage_table(tasks, rounds, before=None):
             for name, (root, script, extra) in runs.items():
                 result = staged_run(root, script, env_id, steps, extra)
                 best[name] = max(best[name], result, key=lambda r: r[0])
-        base_sps, base = best["MAPPO"]
         print(f"\n{env_id}, {steps} steps a run, one thread, best of {rounds} alternating rounds ({load()}); "
-              "ms per update:")
-        print(f"  {'':<28}{'SPS':>7}{'xMAPPO':>8}" + "".join(f"{t.split('/')[1][:-3]:>12}" for t in STAGES)
-              + f"{'CORA extra':>12}{'/MAPPO':>8}")
+              "ms per update; each CORA script against its base (CORA-HAPPO: HAPPO; the others: MAPPO):")
+        print(f"  {'':<28}{'SPS':>7}{'xbase':>7}" + "".join(f"{t.split('/')[1][:-3]:>12}" for t in STAGES)
+              + f"{'extra':>9}{'/base':>7}{'w/o MC':>9}{'/base':>7}")
         for name, (sps_, stages) in best.items():
-            # what CORA adds: its iteration minus MAPPO's rollout, GAE and update (its own rollout is
-            # MAPPO's work, only with per-agent actors), i.e. the stages MAPPO does not have and the
-            # extra update and snapshot time
+            base_sps, base = best["HAPPO" if "HAPPO" in name else "MAPPO"]
+            # what CORA adds: its iteration minus its base's, and the same without the Monte-Carlo
+            # pass (the paper's work: B m K critic evaluations, measured against its floor by --mc-only)
             extra = stages.get("time/iteration_ms", np.nan) - base.get("time/iteration_ms", np.nan)
+            other = extra - (stages.get("core/coalition_ms", 0.0) if "MC" in name else 0.0)
+            per = base.get("time/iteration_ms", np.nan)
             cells = "".join(f"{stages.get(t, np.nan):>12.1f}" for t in STAGES)
-            print(f"  {name:<28}{sps_:>7}{sps_ / base_sps:>8.2f}{cells}{extra:>12.1f}"
-                  f"{extra / base.get('time/iteration_ms', np.nan):>8.2f}", flush=True)
+            print(f"  {name:<28}{sps_:>7}{sps_ / base_sps:>7.2f}{cells}{extra:>9.1f}{extra / per:>7.2f}"
+                  f"{other:>9.1f}{other / per:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
