@@ -616,3 +616,22 @@ def test_q_critic_schedule_counts_adam_steps_and_can_stop_early(tmp_path):
     assert epochs("--num-minibatches", "4", "--q-epochs", "7") == [7] * 3
     stopped = epochs("--q-stop", "0.9", "--q-patience", "1")  # any epoch that fails to cut the loss by 90 % ends it
     assert all(2 <= e < 50 for e in stopped), stopped
+
+
+def test_the_stage_benchmark_tabulates_every_contender(tmp_path, capsys, monkeypatch):
+    """docs/cora_speed.py --stages: each contender's SPS and per-update stages from its run's tags,
+    CORA against its base, with and without the Monte-Carlo pass (a tiny run of each)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cora_speed", ROOT / "docs" / "cora_speed.py")
+    cora_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cora_speed)
+    monkeypatch.setitem(cora_speed.STAGE_TASKS, "matrix:team", 1200)  # 3 updates of 400 samples
+    cora_speed.stage_table(["matrix:team"], rounds=1)
+    rows = {line.split("  ")[1].strip(): line.split()[-15:] for line in capsys.readouterr().out.splitlines()
+            if line.startswith("  ") and line.split()[0] in ("MAPPO", "HAPPO", "CORA-MAPPO", "CORA-HAPPO")}
+    assert set(rows) == {"MAPPO", "HAPPO", "CORA-MAPPO MC", "CORA-HAPPO MC", "CORA-MAPPO QC"}, rows
+    for name, cells in rows.items():
+        stages = dict(zip(cora_speed.STAGES, map(float, cells[2:11])))  # after SPS and its ratio
+        assert stages["time/iteration_ms"] > 0 and stages["time/rollout_ms"] > 0, (name, stages)
+        assert np.isnan(stages["core/coalition_ms"]) == (not name.startswith("CORA")), (name, stages)
