@@ -678,7 +678,9 @@ def mc_coalition_q(q, state, actions, mc_actions, coalitions, rows_per_chunk=819
     - the head's tanh as 2 sigmoid(2x) - 1 (the same function: float32 rounding apart; a float32
       sigmoid costs 0.4 ns here, tanh 2.8 ns), with the constants folded into the GEMMs, since
       W tanh(x) + c = 2 W sigmoid(2x) + (c - W 1): no pass over memory of their own;
-    - buffers made once per call and reused by every chunk of about `rows_per_chunk` joint actions.
+    - its large intermediates in buffers that q keeps between calls (`q.scratch`), reused by every
+      chunk of about `rows_per_chunk` joint actions; so the pass takes no gradient (it runs under
+      torch.no_grad, as Eq. (7)'s values are targets, not parameters).
     What is left is the head itself, a [64, 64] GEMM and 2 x 64 sigmoids per evaluation: the pass's
     floor, against which docs/cora_speed.py --mc-only measures it (docs/cora.md)."""
     B, K, n = mc_actions.shape[:3]

@@ -550,7 +550,8 @@ def test_q_critics_track_the_policy_on_multi_peak(tmp_path):
 
 def test_cora_beats_mappo_in_both_arrangements_on_multi_peak(tmp_path):
     """matrix:peaks5 (3 agents x 5 actions, 10 steps, optimum 200), seed 5, 20k steps, defaults.
-    Measured: CORA-MAPPO greedy 132.9 / final training return 105.1; MAPPO with a shared actor
+    Measured: CORA-MAPPO greedy 132.9 / final training return 105.3 (105.1 before the Monte-Carlo
+    pass's float32 rounding changed with issue 26); MAPPO with a shared actor
     40.4 / -12.8; MAPPO with an actor per agent 37.2 / 1.0; the untrained policy -51.0 / -41.9.
     CORA must clear both MAPPOs by a wide margin, greedy and in training."""
     import json
