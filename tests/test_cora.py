@@ -606,15 +606,15 @@ def test_q_critic_schedule_counts_adam_steps_and_can_stop_early(tmp_path):
     def epochs(*flags):
         cwd = tmp_path / str(len(list(tmp_path.iterdir())))
         cwd.mkdir()
-        r = test_scripts.run(CORA, "--env-id", "matrix:team", "--total-timesteps", "1200", "--violation-samples", "0",
+        r = test_scripts.run(CORA, "--env-id", "matrix:team", "--total-timesteps", "800", "--violation-samples", "0",
                              "--mc-samples", "2", *flags, cwd=cwd)
         assert r.returncode == 0, r.stderr
         return [v for _, v in test_scripts.scalars(test_scripts.only_run_dir(cwd), "core/q_epochs")]
 
     assert Q_STEPS == 50
-    assert epochs() == [50] * 3  # the matrix row: the full batch
-    assert epochs("--num-minibatches", "4") == [13] * 3
-    assert epochs("--num-minibatches", "4", "--q-epochs", "7") == [7] * 3
+    assert epochs() == [50] * 2  # the matrix row: the full batch
+    assert epochs("--num-minibatches", "4") == [13] * 2
+    assert epochs("--num-minibatches", "4", "--q-epochs", "7") == [7] * 2
     stopped = epochs("--q-stop", "0.9", "--q-patience", "1")  # any epoch that fails to cut the loss by 90 % ends it
     assert all(2 <= e < 50 for e in stopped), stopped
 
@@ -627,7 +627,7 @@ def test_the_stage_benchmark_tabulates_every_contender(tmp_path, capsys, monkeyp
     spec = importlib.util.spec_from_file_location("cora_speed", ROOT / "docs" / "cora_speed.py")
     cora_speed = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cora_speed)
-    monkeypatch.setitem(cora_speed.STAGE_TASKS, "matrix:team", 1200)  # 3 updates of 400 samples
+    monkeypatch.setitem(cora_speed.STAGE_TASKS, "matrix:team", 800)  # 2 updates of 400 samples
     cora_speed.stage_table(["matrix:team"], rounds=1)
     rows = {line.split("  ")[1].strip(): line.split()[-15:] for line in capsys.readouterr().out.splitlines()
             if line.startswith("  ") and line.split()[0] in ("MAPPO", "HAPPO", "CORA-MAPPO", "CORA-HAPPO")}
