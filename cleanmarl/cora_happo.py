@@ -1139,7 +1139,7 @@ if __name__ == "__main__":
                     q_optimizer.step()
                     epoch_loss = epoch_loss + q_loss.detach()
                 epoch_losses.append(epoch_loss)
-                if args.q_stop > 0 and epoch >= args.q_patience:  # the loss has flattened: Q has caught up with y
+                if args.q_stop > 0 and epoch >= args.q_patience:  # the loss flattened (on peaks5 too early a sign: docs/cora.md)
                     if float(epoch_losses[-1]) > (1 - args.q_stop) * float(epoch_losses[-1 - args.q_patience]):
                         break
 
