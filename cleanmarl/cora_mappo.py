@@ -21,6 +21,8 @@ What this file implements, and where:
   Eq. (7), quadratic critic (CORA-PPO-QC, Sec. V-A): closed form with pi_j for j outside C
                                                          -> `QuadraticQ.coalition_q`
   Eq. (24), regularized least epsilon-core QP, batched   -> `core_allocation`
+  the controls: --allocation equal (A_N / n), --coalition-values oracle, --grand-advantage q
+                  (Sec. III-A's A_N = min_j Q_j(s, a) - V(s))  -> `allocate`, `grand_q_advantage`
   per-agent PPO surrogates with the allocated A_i (l. 22-23) -> "PPO update" block
   allocation scaling that keeps the core constraints     -> `scale_allocation`
   core/adv_corr's truth, for envs whose next state ignores the actions -> `true_coalition_adv`
@@ -146,6 +148,12 @@ class Args:
     """lambda_reg of Eq. (24), the variance (Std) term; 0 is the paper's "w/o std" ablation"""
     scale_alloc: bool = True
     """toggle dividing the allocations by their common std (no per-agent mean shift: the core constraints survive)"""
+    allocation: Literal["core", "equal"] = "core"
+    """the credit: "core" gives agent i its share A_i of Eq. (24)'s least epsilon-core; "equal" gives every agent A_N / n through the same pipeline (the control that isolates the credit: same actors, critics, Q epochs, scaling and random streams)"""
+    coalition_values: Literal["learned", "oracle"] = "learned"
+    """the A_C that Eq. (24) takes: "learned" Eq. (7) from the Q critics; "oracle" the exact A_C from the env's own reward (envs whose next state ignores the actions: matrix:, diff:), a control; the critics' pass still runs, so the random streams stay the learned arm's"""
+    grand_advantage: Literal["gae", "q"] = "gae"
+    """A_N, the grand coalition's advantage: "gae" Alg. 1 l. 19's GAE; "q" Sec. III-A's min_j Q_j(s, a) - V(s) from the twin critics"""
     violation_samples: int = 16
     """samples per update on which core/violation_ratio checks all 2^n-2 coalitions (0: off; n <= 12); a diagnostic, kept small: with Monte Carlo its coalition pass costs (2^n-2)/m * samples/batch of the main one (at 64 samples it outcost the main pass on MaMuJoCo's 200-sample batches)"""
     truth_samples: int = 64
@@ -312,6 +320,21 @@ def coalition_advantages(coalition_q, value, value_rms=None):
     if value_rms is not None:
         coalition_q = value_rms.denormalize(coalition_q)
     return coalition_q - value.unsqueeze(-1)
+
+
+def grand_q_advantage(q_taken, value, value_rms=None):
+    """Sec. III-A's reading of A_N (--grand-advantage q): min_j Q_j(s, a) - V(s) in return units,
+    from the twin critics at the taken actions q_taken [2, B] and V(s) [B] -> [B]."""
+    return coalition_advantages(q_taken.min(0).values.unsqueeze(-1), value, value_rms).squeeze(-1)
+
+
+def allocate(coalitions, coalition_adv, grand_adv, reg, rule="core"):
+    """The credit (Alg. 1 l. 20-21): Eq. (24)'s core allocation ([B, n], eps [B]), or with rule
+    "equal" the control that gives every agent A_N / n (eps 0) and nothing else."""
+    if rule == "equal":
+        n = coalitions.shape[-1]
+        return grand_adv.unsqueeze(-1).expand(-1, n) / n, torch.zeros_like(grand_adv)
+    return core_allocation(coalitions, coalition_adv, grand_adv, reg)
 
 
 def scale_allocation(alloc):
@@ -881,7 +904,11 @@ if __name__ == "__main__":
     coalition_gen = torch.Generator().manual_seed(args.seed)
     generators = {"coalitions": coalition_gen}  # checkpointed with the global RNG states
     every_coalition = all_coalitions(n, device) if n <= 12 else None  # for core/violation_ratio
-    has_truth = envs.reward_of is not None and args.truth_samples > 0 and A**n <= 4096  # for core/adv_corr
+    knows_truth = envs.reward_of is not None and A**n <= 4096  # the exact A_C, over all joint actions
+    has_truth = knows_truth and args.truth_samples > 0  # for core/adv_corr
+    if args.coalition_values == "oracle" and not knows_truth:
+        fail(f"--coalition-values oracle needs the exact A_C, which {args.env_id} cannot give (matrix: and diff: games "
+             "can, their next state ignoring the actions); use --coalition-values learned")
 
     models = {"actor": actor, "critic": critic, "twin_q": twin_q, "value_rms": value_rms}
     optimizers = {"actor": actor_optimizer, "critic": critic_optimizer, "twin_q": q_optimizer}
@@ -924,9 +951,19 @@ if __name__ == "__main__":
         return value_rms.denormalize(v) if args.value_norm else v
 
     def coalition_adv_of(state, actions, policy, coalitions):
-        """Eq. (7) for a batch and a coalition set: [B, m] in return units."""
+        """Eq. (7) for a batch and a coalition set: [B, m] in return units; with --coalition-values
+        oracle the env's exact A_C (after the critics' pass all the same: the same random streams)."""
         q = twin_q.coalition_q(state, actions, policy, coalitions, args.mc_samples)
+        if args.coalition_values == "oracle":
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                return true_coalition_adv(envs.reward_of, state, actions, policy.probs, coalitions)
         return coalition_advantages(q, value_of(state), value_rms if args.value_norm else None)
+
+    def grand_adv_of(state, actions, gae):
+        """A_N: Alg. 1 l. 19's GAE, or with --grand-advantage q Sec. III-A's min_j Q_j(s, a) - V(s)."""
+        if args.grand_advantage == "gae":
+            return gae
+        return grand_q_advantage(twin_q(state, actions), value_of(state), value_rms if args.value_norm else None)
 
     # storage
     T, E = args.num_steps, args.num_envs
@@ -1027,6 +1064,7 @@ if __name__ == "__main__":
 
             # ---- credit assignment: coalition advantages (Eq. 7) and the core QP (Eq. 24) ----
             with torch.no_grad():
+                grand_adv = grand_adv_of(b_state, b_actions, b_advantages)  # [B]: A_N
                 # Alg. 1 l. 13: a fresh draw of coalitions for each of `coalition_sets` blocks of
                 # timesteps (samples are b = t * E + e, so a block of samples is a block of timesteps)
                 blocks = torch.arange(args.batch_size, device=device).tensor_split(args.coalition_sets)
@@ -1036,7 +1074,7 @@ if __name__ == "__main__":
                 for blk, C in zip(blocks, coalitions):  # each block marginalizes over the current policies
                     coalition_adv[blk] = coalition_adv_of(b_state[blk], b_actions[blk], actor.dist(b_obs[blk], b_avail[blk]), C)
                     watch.lap("core/coalition_ms")
-                    b_alloc[blk], eps[blk] = core_allocation(C, coalition_adv[blk], b_advantages[blk], args.core_reg)  # [b, n]
+                    b_alloc[blk], eps[blk] = allocate(C, coalition_adv[blk], grand_adv[blk], args.core_reg, args.allocation)  # [b, n]
                     watch.lap("core/qp_ms")
                 coalitions_of = coalitions.repeat_interleave(torch.tensor([len(b) for b in blocks], device=device), 0)  # [B, m, n]
                 violation_ratio = float("nan")
@@ -1050,7 +1088,7 @@ if __name__ == "__main__":
                         violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
                 # how often the core departs from the equal split (= MAPPO), and, where the env
                 # knows the truth, how closely Eq. (7)'s estimate follows the exact A_C
-                equal_split = (b_alloc - b_advantages[:, None] / n).abs().amax(1) <= 1e-5 * b_advantages.abs().clamp(min=1)
+                equal_split = (b_alloc - grand_adv[:, None] / n).abs().amax(1) <= 1e-5 * grand_adv.abs().clamp(min=1)
                 adv_corr = float("nan")
                 if has_truth:
                     k = min(args.truth_samples, args.batch_size)
@@ -1146,6 +1184,7 @@ if __name__ == "__main__":
             writer.add_scalar("core/equal_split_frac", equal_split.float().mean().item(), global_step)
             writer.add_scalar("core/adv_corr", adv_corr, global_step)
             writer.add_scalar("core/alloc_std", b_alloc.std().item(), global_step)
+            writer.add_scalar("core/alloc_spread", b_alloc.std(1).mean().item(), global_step)  # across agents
             count = int(ep_count)
             if count:
                 mean_return = ep_return_sum.item() / count

@@ -394,7 +394,8 @@ def test_continuous_quadratic_critic_uses_the_policy_means():
     torch.testing.assert_close(closed, mc, atol=0.02, rtol=0)
 
 
-@pytest.mark.parametrize("env_id,flags", [("diff:5agents", ["--critic", "mc"]), ("diff:2agents", ["--critic", "quadratic"]),
+@pytest.mark.parametrize("env_id,flags", [("diff:5agents", ["--critic", "mc"]), ("diff:2agents", ["--critic", "quadratic", "--allocation", "equal",
+                                                                           "--coalition-values", "oracle", "--grand-advantage", "q"]),
                                           ("vmas:give_way,max_steps=20", ["--mc-samples", "4"])])
 def test_cora_continuous_runs(env_id, flags, tmp_path):
     test_scripts.test_script_runs_and_logs(CORA_CONT, env_id, tmp_path, extra=flags)
@@ -636,3 +637,57 @@ def test_the_stage_benchmark_tabulates_every_contender(tmp_path, capsys, monkeyp
         stages = dict(zip(cora_speed.STAGES, map(float, cells[2:11])))  # after SPS and its ratio
         assert stages["time/iteration_ms"] > 0 and stages["time/rollout_ms"] > 0, (name, stages)
         assert np.isnan(stages["core/coalition_ms"]) == (not name.startswith("CORA")), (name, stages)
+
+
+# ---- issue 27's controls: the equal split, oracle coalition values, Sec. III-A's A_N ----------
+def test_equal_allocation_is_the_grand_advantage_split_and_core_is_eq_24():
+    from cleanmarl.cora_mappo import allocate
+    coalitions, v, AN = random_problem(4, 32, seed=3)
+    alloc, eps = allocate(coalitions, v, AN, 1e-2, "equal")
+    assert torch.equal(alloc, AN[:, None].expand(-1, 4) / 4) and torch.equal(eps, torch.zeros_like(AN))
+    core, core_eps = core_allocation(coalitions, v, AN, 1e-2)
+    got, got_eps = allocate(coalitions, v, AN, 1e-2, "core")
+    assert torch.equal(got, core) and torch.equal(got_eps, core_eps)
+
+
+def test_grand_q_advantage_is_min_q_minus_v_by_hand():
+    from cleanmarl.cora_mappo import RunningMeanStd, grand_q_advantage
+    q_taken = torch.tensor([[1.0, 5.0, -2.0], [3.0, 2.0, -1.0]])  # [2 critics, 3 samples]
+    value = torch.tensor([0.5, 1.0, 0.0])
+    torch.testing.assert_close(grand_q_advantage(q_taken, value), torch.tensor([0.5, 1.0, -2.0]))
+    rms = RunningMeanStd()
+    rms.mean.fill_(1.0), rms.var.fill_(4.0)  # critics in normalized units: Q = 2 q + 1
+    torch.testing.assert_close(grand_q_advantage(q_taken, value, rms), torch.tensor([2.5, 4.0, -3.0]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("control", [("--allocation", "equal"), ("--coalition-values", "oracle"),
+                                     ("--grand-advantage", "q")])
+def test_each_control_changes_only_its_own_step(control, tmp_path):
+    """One control against the paper's CORA, same seed: the first rollout, its Q-critic regression
+    and (except under the oracle) the coalition values' fit to the truth are the same; the credit
+    the actors get is not. Under the oracle the coalition values are the truth (adv_corr 1)."""
+    logs = {}
+    for name, flags in (("core", ()), ("control", control)):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        r = test_scripts.run(CORA, "--env-id", "matrix:peaks5", "--total-timesteps", "800", "--update-epochs", "2",
+                             *flags, cwd=cwd)
+        assert r.returncode == 0, r.stderr
+        run_dir = test_scripts.only_run_dir(cwd)
+        logs[name] = {tag: test_scripts.scalars(run_dir, tag) for tag in
+                      ("losses/q_loss", "core/adv_corr", "core/equal_split_frac", "losses/policy_loss")}
+    core, ctrl = logs["core"], logs["control"]
+    assert core["losses/q_loss"][0] == ctrl["losses/q_loss"][0]
+    assert core["losses/policy_loss"][0] != ctrl["losses/policy_loss"][0]
+    if control[1] == "oracle":
+        assert ctrl["core/adv_corr"][0][1] == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert core["core/adv_corr"][0] == ctrl["core/adv_corr"][0]
+    if control[1] == "equal":
+        assert [v for _, v in ctrl["core/equal_split_frac"]] == [1.0, 1.0]
+
+
+def test_the_oracle_control_needs_an_env_that_knows_its_coalition_values(tmp_path):
+    r = test_scripts.run(CORA, "--env-id", "vmas:give_way", "--num-envs", "2", "--coalition-values", "oracle",
+                         cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--coalition-values learned" in r.stderr

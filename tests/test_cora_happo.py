@@ -100,23 +100,24 @@ def test_an_agents_update_changes_only_its_own_parameters(module):
 def test_cora_machinery_is_cora_mappos(happo_module, mappo_module):
     """The coalition machinery is re-stated in each script: it must stay a verbatim copy."""
     for name in ["all_coalitions", "sample_coalitions", "core_allocation",
-                 "scale_allocation", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ", "true_coalition_adv"]:
+                 "scale_allocation", "allocate", "grand_q_advantage", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ",
+                 "true_coalition_adv"]:
         assert inspect.getsource(getattr(happo_module, name)) == inspect.getsource(getattr(mappo_module, name)), name
 
 
 def test_the_continuous_scripts_solve_the_qp_as_the_discrete_one():
     """The QP does not depend on the action family: the solver is the same text in both."""
     for name in ["all_coalitions", "sample_coalitions", "core_allocation",
-                 "scale_allocation"]:
+                 "scale_allocation", "allocate", "grand_q_advantage"]:
         assert inspect.getsource(getattr(cora_mappo_cont, name)) == inspect.getsource(getattr(cora_mappo, name)), name
 
 
 # ---- end to end ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("script,env_id,flags", [
     (CORA_HAPPO, "matrix:team", ()),
-    (CORA_HAPPO, "matrix:climbing", ("--critic", "quadratic")),
+    (CORA_HAPPO, "matrix:climbing", ("--critic", "quadratic", "--coalition-values", "oracle", "--grand-advantage", "q")),
     (CORA_HAPPO, "vmas:give_way,max_steps=20", ()),
-    (CORA_HAPPO_CONT, "diff:5agents", ()),
+    (CORA_HAPPO_CONT, "diff:5agents", ("--allocation", "equal", "--coalition-values", "oracle")),
     (CORA_HAPPO_CONT, "diff:2agents", ("--critic", "quadratic")),
     (CORA_HAPPO_CONT, "vmas:navigation,max_steps=20", ()),
     (HAPPO, "matrix:penalty", ()),
