@@ -105,6 +105,31 @@ group_diff_coalitions() {  # CORA Fig. 8 (right): coalitions sampled out of 2^5 
       --num-coalitions "$m" --exp-name "cora_mappo_continuous_mc_m$m"
   done
 }
+# Issue 27's controls, paired by seed with the paper's CORA (same seeds, same pipeline): the equal
+# split of A_N (the credit alone), exact coalition values from the game's reward, and Sec. III-A's
+# A_N = min_j Q_j(s, a) - V(s) in place of GAE (with its own equal split).
+controls() {  # steps script env table-flags K [extra arms...]
+  local steps=$1 script=$2 env=$3 flags=$4 k=$5 base arm
+  shift 5
+  base="${script%.py}_mc"
+  emit "$steps" "$script" "$env" "$flags" --critic mc --mc-samples "$k" $CORA_SHARED --exp-name "$base"
+  emit "$steps" "$script" "$env" "$flags" --critic mc --mc-samples "$k" $CORA_SHARED --allocation equal --exp-name "${base}_equal"
+  for arm in "$@"; do
+    case $arm in
+      oracle) emit "$steps" "$script" "$env" "$flags" --critic mc --mc-samples "$k" $CORA_SHARED --coalition-values oracle --exp-name "${base}_oracle" ;;
+      q) emit "$steps" "$script" "$env" "$flags" --critic mc --mc-samples "$k" $CORA_SHARED --grand-advantage q --exp-name "${base}_q"
+         emit "$steps" "$script" "$env" "$flags" --critic mc --mc-samples "$k" $CORA_SHARED --grand-advantage q --allocation equal --exp-name "${base}_q_equal" ;;
+    esac
+  done
+}
+group_matrix_controls() {  # issue 27 on CORA Fig. 2's games (Multi-Peak 5 also with Sec. III-A's A_N)
+  controls 100000 cora_mappo.py matrix:peaks5 "$TV_MATRIX" 16 oracle q
+  local env
+  for env in matrix:peaks10 matrix:peaks15 matrix:team; do controls 100000 cora_mappo.py "$env" "$TV_MATRIX" 16 oracle; done
+}
+group_diff_controls() {  # issue 27 on CORA Fig. 3's 2-agent differential game
+  controls 200000 cora_mappo_continuous.py diff:2agents "$TV_DIFF" 16 oracle
+}
 group_vmas() {  # CORA Fig. 4 (discrete actions; navigation runs 64 envs, the others 16)
   cora_grid 2000000 discrete 16 "$TV_VMAS" vmas:multi_give_way vmas:give_way
   cora_grid 2000000 discrete 16 "$TV_VMAS_NAV" vmas:navigation
@@ -201,6 +226,8 @@ group_ilvf_ablation() {  # ILVF App. C (no inferring, Fig. 8) and App. D (Fig. 9
 GROUP_TABLE="matrix|CORA Fig. 2: Matrix Team Game and Multi-Peak 5/10/15, 8 arms (MAPPO both actor arrangements, CORA w/o std, CORA-HAPPO)|1,2,3,4,5
 diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 8 arms (as matrix)|1,2,3,4,5
 diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,3,4,5
+matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalition values, GAE vs Q - V A_N (Fig. 2 games)|1,2,3,4,5
+diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
 mamujoco|CORA Fig. 5: MaMuJoCo Ant 4x2, HalfCheetah 6x1/2x3, Walker2d 2x3, Hopper 3x1|1,2,3,4,5
