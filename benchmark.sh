@@ -187,7 +187,7 @@ group_parity() {
   for map in 2s3z 3s5z; do  # our defaults, the full batch, and rMAPPO's GRU policy (JaxMARL's has one)
     emit 1000000 mappo.py "smax:$map" --eval-interval 100000
     emit 1000000 mappo.py "smax:$map" --eval-interval 100000 --num-minibatches 1 --exp-name mappo_mb1
-    emit 1000000 mappo.py "smax:$map" --eval-interval 100000 --recurrent --exp-name mappo_gru
+    emit 1000000 rmappo.py "smax:$map" --eval-interval 100000 --exp-name mappo_gru
   done
 }
 

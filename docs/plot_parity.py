@@ -130,9 +130,9 @@ NAV_ID = "vmas:navigation,n_agents=3,shared_rew=False"
 NAV_ARMS = (("mappo_continuous", "cleanmarl mappo_continuous.py, no flags (Table V's VMAS navigation row, 4 minibatches)"),
             ("mappo_continuous_mb1", "cleanmarl, the same with --num-minibatches 1 (the full batch)"))
 SMAX_ARMS = (("mappo", "cleanmarl mappo.py, no flags (Table V's SMAC row, 4 minibatches)"),
-             ("mappo_gru", "cleanmarl mappo.py --recurrent (GRU)"),
+             ("mappo_gru", "cleanmarl rmappo.py (GRU)"),
              ("mappo_mb1", "cleanmarl, --num-minibatches 1 (the full batch)"),
-             ("mappo_gru_mb1", "cleanmarl, --recurrent --num-minibatches 1"),
+             ("mappo_gru_mb1", "cleanmarl rmappo.py --num-minibatches 1"),
              ("mappo_jaxmarl_lr", "cleanmarl, JaxMARL's lr 2e-3, 4 epochs x 4 minibatches"))
 
 

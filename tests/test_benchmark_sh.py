@@ -81,7 +81,7 @@ def test_parity_runs_our_defaults_and_leaves_out_a_missing_peer():
     ours = [l for l in bench("parity", "--dry-run", "--seeds", "1").stdout.splitlines() if "cleanmarl/" in l]
     assert len(ours) == 8 and not any("--learning-rate" in l or "--num-envs" in l for l in ours)  # family rows
     assert sum("--num-minibatches 1 --exp-name mappo_" in l for l in ours) == 3  # and the full batch, per task
-    assert sum("smax" in l and "--recurrent --exp-name mappo_gru" in l for l in ours) == 2  # the GRU arm per map
+    assert sum("smax" in l and "rmappo.py" in l and "--exp-name mappo_gru" in l for l in ours) == 2  # the GRU arm per map
     env = dict(os.environ, BENCHMARL_PYTHON="/nonexistent/python")
     proc = subprocess.run(["bash", os.path.join(ROOT, "benchmark.sh"), "parity", "--dry-run", "--seeds", "1"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)

@@ -55,7 +55,7 @@ def test_every_numeric_flag_has_a_range_and_is_checked(script, capsys):
     m = module(script)
     fields = numeric_fields(m.Args)
     assert sorted(fields) == sorted(m.FLAG_RANGES), "every numeric flag needs a range in FLAG_RANGES"
-    m.check_args(m.Args())  # the defaults pass
+    m.check_args(m.Args(), m.FLAG_RANGES)  # the defaults pass
     for name, rule in m.FLAG_RANGES.items():
         default = getattr(m.Args(), name)
         for value in out_of_range(rule):
@@ -65,7 +65,7 @@ def test_every_numeric_flag_has_a_range_and_is_checked(script, capsys):
                 value = int(value)
             args = m.Args(**{name: value})
             with pytest.raises(SystemExit) as exit_info:
-                m.check_args(args)
+                m.check_args(args, m.FLAG_RANGES)
             assert exit_info.value.code == 2
             err = capsys.readouterr().err
             assert err.count("\n") == 1 and err.startswith(f"error: --{name.replace('_', '-')} must be {rule}, got")
@@ -128,7 +128,7 @@ def _skip_header(proc):
 
 
 def _weights(path):
-    return torch.load(path, weights_only=False)["models"]
+    return torch.load(path, weights_only=True)["models"]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -150,7 +150,7 @@ def test_sigterm_keeps_a_checkpoint_and_resuming_it_is_exact(script, tmp_path):
     assert "Traceback" not in err and "interrupted (SIGTERM)" in err
     run_dir = only_run_dir(stopped)
     ckpt = run_dir / f"{script}.cleanmarl_model"
-    saved = torch.load(ckpt, weights_only=False)
+    saved = torch.load(ckpt, weights_only=True)  # tensors and plain values only
     assert 1 <= saved["iteration"] < 100 and saved["global_step"] == 80 * saved["iteration"]
     assert not (run_dir / "eval.json").exists()  # an interrupted run is not evaluated
 
@@ -256,12 +256,13 @@ def test_family_defaults_are_the_papers_rows_and_given_flags_win(script):
     given = m.flags_given(["--env-id", "vmas:navigation,n_agents=3", "--ent-coef", "0.05", "--num-envs=8", "--no-anneal-lr"])
     assert given == {"env_id", "ent_coef", "num_envs", "no_anneal_lr", "anneal_lr"}
     args.num_envs = 8
-    assert m.apply_family_defaults(args, given) == "CORA Table V: VMAS (Navigation)"
+    table = m.FAMILY_COLUMNS, m.FAMILY_DEFAULTS
+    assert m.apply_family_defaults(args, *table, given) == "CORA Table V: VMAS (Navigation)"
     assert (args.learning_rate, args.critic_learning_rate, args.clip_coef) == (5e-4, 5e-3, 0.2)
     assert (args.ent_coef, args.num_envs) == (0.05, 8)  # set on the command line: kept
     args = m.Args(env_id="vmas:give_way")
-    assert m.apply_family_defaults(args, {"env_id"}) == "CORA Table V: VMAS (others)" and args.num_envs == 16
-    assert m.apply_family_defaults(m.Args(env_id="nofamily:x"), set()) is None
+    assert m.apply_family_defaults(args, *table, {"env_id"}) == "CORA Table V: VMAS (others)" and args.num_envs == 16
+    assert m.apply_family_defaults(m.Args(env_id="nofamily:x"), *table, set()) == "Args"
 
 
 def test_a_rows_minibatches_that_do_not_divide_the_batch_are_one_line(tmp_path):
@@ -276,7 +277,9 @@ def test_the_run_prints_and_records_its_row(tmp_path):
     r = run(ROOT / "cleanmarl" / "mappo.py", "--env-id", "vmas:give_way,max_steps=10", "--total-timesteps", "320",
             "--num-steps", "10", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("hyperparameters: CORA Table V: VMAS (others) for the flags not given\n")
+    assert r.stdout.startswith("run: runs/vmas:give_way,max_steps=10__mappo__1__")
+    assert "\nhyperparameters (CORA Table V: VMAS (others) for the flags not given): learning_rate=0.0005 " in r.stdout
+    assert " num_envs=16 update_epochs=10 num_minibatches=4\n" in r.stdout  # the row's values, not Args' 
     assert "iter 1/2 step 160/320" in r.stdout  # 16 envs x 10 steps: the row's parallel envs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(only_run_dir(tmp_path)), size_guidance={"tensors": 0})

@@ -20,6 +20,7 @@ from tests.test_envs import needs_mujoco
 ROOT = Path(__file__).resolve().parents[1]
 MAPPO = ROOT / "cleanmarl" / "mappo.py"
 MAPPO_CONT = ROOT / "cleanmarl" / "mappo_continuous.py"
+RMAPPO = ROOT / "cleanmarl" / "rmappo.py"
 
 
 def run(script, *flags, cwd):
@@ -98,7 +99,7 @@ def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
                     "losses/q_loss"]:
             assert len(scalars(run_dir, tag)) >= 1, tag
     # each iteration's stages, timed: they add up to time/iteration_ms
-    stages = ["time/rollout_ms", "time/gae_ms", "time/update_ms", "time/snapshot_ms"]
+    stages = ["time/rollout_ms", "time/gae_ms", "time/update_ms", "time/logging_ms", "time/snapshot_ms"]
     if script.stem.startswith("cora"):
         stages += ["core/coalition_ms", "core/qp_ms", "core/diagnostics_ms", "core/q_critics_ms"]
     total = scalars(run_dir, "time/iteration_ms")
@@ -120,9 +121,8 @@ def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
     (MAPPO_CONT, ["--env-id", "matrix:penalty"], "discrete actions only: run it with a discrete-action script such as cleanmarl/mappo.py"),
     (MAPPO, ["--num-minibatches", "7"], "--num-minibatches (7) must divide"),
     (MAPPO, ["--total-timesteps", "10"], "is less than one rollout"),
-    (MAPPO, ["--recurrent", "--no-share-actor"], "--recurrent is a GRU in the shared actor: leave out --no-share-actor"),
-    (MAPPO, ["--recurrent", "--chunk-length", "8"], "--chunk-length (8) must divide --num-steps (100)"),
-    (MAPPO, ["--recurrent", "--num-minibatches", "3"], "--num-minibatches (3) must divide the rollout's sequences"),
+    (RMAPPO, ["--chunk-length", "8"], "--chunk-length (8) must divide --num-steps (100)"),
+    (RMAPPO, ["--num-minibatches", "3"], "--num-minibatches (3) must divide the rollout's sequences"),
 ])
 def test_bad_input_is_one_line(script, flags, message, tmp_path):
     r = run(script, *flags, cwd=tmp_path)
@@ -170,7 +170,8 @@ def test_ctrl_c_keeps_logs_and_checkpoint(tmp_path):
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
-        assert proc.stdout.readline().startswith("hyperparameters: CORA Table V: matrix games")
+        assert proc.stdout.readline().startswith("run: runs/matrix:team__mappo__1__")
+        assert proc.stdout.readline().startswith("hyperparameters (CORA Table V: matrix games for the flags not given)")
         assert proc.stdout.readline().startswith("iter 1/")  # training has started and logged
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
@@ -221,7 +222,7 @@ def test_categorical_matches_torch_distributions():
 def test_recurrent_actor_unroll_steps_the_gru_with_resets():
     """RecurrentActor.unroll over sequences equals stepping the GRU by hand, with h zeroed at the
     steps where an episode starts (and only there)."""
-    from cleanmarl.mappo import RecurrentActor
+    from cleanmarl.rmappo import RecurrentActor
 
     torch.manual_seed(0)
     M, L, n, d, A, H = 5, 6, 3, 4, 5, 8
@@ -246,12 +247,12 @@ def test_recurrent_actor_unroll_steps_the_gru_with_resets():
 
 
 def test_recurrent_update_sees_the_rollouts_policy(tmp_path):
-    """With --recurrent, the update's sequences (reordered chunks, their stored first hidden
+    """In rmappo.py, the update's sequences (reordered chunks, their stored first hidden
     states, resets at episode starts mid-chunk) must give back the rollout's log-probabilities:
     at a negligible learning rate the one full-batch epoch's KL is 0. Episodes of 100 steps end
     inside the 7-step chunks of 35-step rollouts. (Dropping the resets raises it to ~1e-8.)"""
-    r = run(MAPPO, "--env-id", "vmas:navigation", "--num-envs", "8", "--num-steps", "35", "--chunk-length", "7",
-            "--recurrent", "--total-timesteps", "11200", "--update-epochs", "1", "--learning-rate", "1e-9",
+    r = run(RMAPPO, "--env-id", "vmas:navigation", "--num-envs", "8", "--num-steps", "35", "--chunk-length", "7",
+            "--total-timesteps", "11200", "--update-epochs", "1", "--learning-rate", "1e-9",
             "--critic-learning-rate", "1e-9", "--save-model", "--eval-episodes", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = only_run_dir(tmp_path)
@@ -437,13 +438,13 @@ def test_bad_optimism_leak_is_one_line(tmp_path):
 
 
 def test_every_script_times_its_stages_with_the_same_stopwatch():
-    """`Stopwatch` is re-stated in each of the 11 scripts (they share no code but the env layer):
+    """`Stopwatch` is re-stated in each of the 12 scripts (they share no code but the env layer):
     the copies must stay verbatim, and a lap adds the time since the previous one to its tag."""
     import inspect
     import time
 
     names = sorted(p.stem for p in (ROOT / "cleanmarl").glob("*.py") if p.stem != "__init__")
-    assert len(names) == 11, names
+    assert len(names) == 12, names
     sources = {name: inspect.getsource(importlib.import_module(f"cleanmarl.{name}").Stopwatch) for name in names}
     assert len(set(sources.values())) == 1, [n for n in names if sources[n] != sources["mappo"]]
     from cleanmarl.mappo import Stopwatch
