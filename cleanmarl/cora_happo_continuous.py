@@ -1,6 +1,7 @@
 """CORA-HAPPO for continuous actions (a diagonal Gaussian policy per agent): core credit assignment in HAPPO's sequential update.
 
-Papers: "CORA: Core Credit Assignment for Multi-Agent Policy Gradients" (../shared/papers, Alg. 1)
+Papers: Ji, Xu, Jia, Duan, Qiu, Ge and Li, "Cooperative Game-Theoretic Credit Assignment for Multi-Agent
+Policy Gradients via the Core" (CORA; a preprint, no venue stated; Alg. 1)
 and Kuba et al., "Trust Region Policy Optimisation in Multi-Agent Reinforcement Learning", ICLR 2022.
 Idea: HAPPO (see happo.py) updates the agents one after another in a fresh random order, agent
 i_k maximizing M * min(r A, clip(r) A) with M = prod_{j<k} pi_new(a_{i_j}) / pi_old(a_{i_j}) the

@@ -1,6 +1,7 @@
 """CORA-MAPPO for continuous actions (diagonal Gaussian policy): core credit assignment on MAPPO.
 
-Paper: "CORA: Core Credit Assignment for Multi-Agent Policy Gradients" (../shared/papers, Alg. 1).
+Paper: Ji, Xu, Jia, Duan, Qiu, Ge and Li, "Cooperative Game-Theoretic Credit Assignment for Multi-Agent
+Policy Gradients via the Core" (CORA; a preprint, no venue stated; Alg. 1).
 Idea: MAPPO updates every agent with the same global advantage A_N, so a good partial joint
 action is punished whenever the others explored badly (relative overgeneralization). CORA scores
 coalitions instead: the advantage of coalition C keeping its sampled actions a_C while the

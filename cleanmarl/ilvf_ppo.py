@@ -1,7 +1,7 @@
 """ILVF-PPO (ILVF-P) for discrete actions (with action masks): influence-based local value functions.
 
 Paper: "Dynamic Causal Influence Learning in Cooperative Multi-Agent Reinforcement Learning"
-(../shared/papers/ilvf-influence-local-value-functions.md). Setting: reward sum, R = sum_i R_i
+(anonymous authors, a submission under double-blind review; ILVF-P). Setting: reward sum, R = sum_i R_i
 (`step.agent_reward`). Idea: MAPPO gives every agent the global advantage, which is noisy with
 many agents; individual advantages (IPPO-C) miss what an agent does to the others' rewards. Agent
 i only needs the values of the agents its action can influence (A-Q influence, Def. 1-2; the

@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CORA_TESTS = "tests/test_cora.py"
+ORDER_TESTS = "tests/test_reading_order.py"
 
 # (what the bug is, file, original text, planted text, tests that must fail)
 MUTATIONS = [
@@ -73,6 +74,18 @@ MUTATIONS = [
      "happo_surrogate(ratio, mb_adv[:, k], factor[mb], args.clip_coef)",
      "happo_surrogate(ratio, mb_adv.mean(1), factor[mb], args.clip_coef)",
      ["tests/test_cora_happo.py::test_agent_k_uses_the_product_of_earlier_ratios_and_its_own_allocation"]),
+    ("CORA-MAPPO: truncated episodes no longer bootstrapped from V(final state)", "cleanmarl/cora_mappo.py",
+     "rewards[t] += args.gamma * value_of(step.final_state) * step.truncated", "rewards[t] += 0.0 * step.truncated",
+     [f"{ORDER_TESTS}::test_truncated_episodes_are_bootstrapped_from_the_final_state[cora_mappo]"]),
+    ("CORA-MAPPO (continuous): truncated episodes no longer bootstrapped", "cleanmarl/cora_mappo_continuous.py",
+     "rewards[t] += args.gamma * value_of(step.final_state) * step.truncated", "rewards[t] += 0.0 * step.truncated",
+     [f"{ORDER_TESTS}::test_truncated_episodes_are_bootstrapped_from_the_final_state[cora_mappo_continuous]"]),
+    ("HAPPO: the agents updated in a fixed order instead of a fresh random one", "cleanmarl/happo.py",
+     "perm = torch.randperm(n).tolist()", "perm = list(range(n))",
+     [f"{ORDER_TESTS}::test_happo_draws_a_fresh_agent_order_at_every_update[happo]"]),
+    ("CORA-HAPPO: a fixed agent order", "cleanmarl/cora_happo.py",
+     "perm = torch.randperm(n).tolist()", "perm = list(range(n))",
+     [f"{ORDER_TESTS}::test_happo_draws_a_fresh_agent_order_at_every_update[cora_happo]"]),
 ]
 
 
