@@ -464,13 +464,13 @@ main() {
   if [ "$MODE" = slurm ]; then
     echo "wrote $DIR/array_task.sh ($COUNT array tasks; commands in $DIR/commands.txt)"
     echo "submit:  sbatch $DIR/array_task.sh          (--array=1-$COUNT%M caps running tasks at M)"
-    echo "then:    python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+    echo "then:    python docs/plot_results.py $DIR/runs --out $DIR/plots   (docs/results/ holds the committed results: copy there under a new name)"
     exit 0
   fi
   echo "$COUNT commands on $JOBS local worker(s); logs in $DIR/logs, runs in $DIR/runs"
   seq 1 "$COUNT" | xargs -P "$JOBS" -I{} env SLURM_ARRAY_TASK_ID={} bash "$DIR/array_task.sh" \
     || echo "some commands failed: see $DIR/logs/status.txt"
-  echo "done: python docs/plot_results.py $DIR/runs --out docs/results/$GROUP"
+  echo "done: python docs/plot_results.py $DIR/runs --out $DIR/plots   (docs/results/ holds the committed results: copy there under a new name)"
 }
 
 main "$@"; exit

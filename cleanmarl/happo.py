@@ -146,7 +146,8 @@ FAMILY_DEFAULTS = {  # family or family:scenario -> (the row, its values of FAMI
     "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10, 1)),
     "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10, 4)),
     "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10, 4)),
-    **dict.fromkeys(("smac", "smacv2", "smax"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4))),
+    **dict.fromkeys(("smac", "smacv2"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4))),
+    "smax": ("CORA Table V: SMAC (SMAX borrows the SMAC row)", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4)),
     "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10, 4)),
     **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15, 1))),
 }

@@ -59,8 +59,10 @@ _PATTERN = re.compile(r"^(team|peaks(\d+))(?:-(\d+)x(\d+))?$")
 
 def make_payoffs(scenario: str, seed: int, options: dict[str, str]) -> torch.Tensor:
     """Payoff tables [T, A, ..., A] (one axis per agent) for a scenario name."""
-    if options and (scenario != "penalty" or set(options) != {"k"}):
-        raise EnvError(f"matrix:{scenario} takes no options {sorted(options)} (only penalty takes k=<float <= 0>)")
+    if options and scenario != "penalty":
+        raise EnvError(f"matrix:{scenario} takes no options, got {sorted(options)} (only matrix:penalty takes one: k=<float <= 0>)")
+    if set(options) - {"k"}:
+        raise EnvError(f"matrix:penalty takes one option, k=<float <= 0>, not {sorted(set(options) - {'k'})}")
     if scenario == "climbing":
         return torch.tensor([CLIMBING])
     if scenario == "penalty":

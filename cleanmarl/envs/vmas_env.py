@@ -20,6 +20,9 @@ scenario rejects is reported in one line.
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 import warnings
 
 import torch
@@ -38,6 +41,18 @@ def _parse_value(text: str):
         except ValueError:
             pass
     return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def scenario_options(scenario):
+    """The options a VMAS scenario reads: the kwargs its make_world pops or gets (from its source)."""
+    for package in ("vmas.scenarios", "vmas.scenarios.mpe", "vmas.scenarios.debug"):
+        try:
+            module = importlib.import_module(f"{package}.{scenario}")
+        except ImportError:
+            continue
+        source = inspect.getsource(module.Scenario.make_world)
+        return sorted(set(re.findall(r"kwargs\.(?:pop|get)\(\s*[\"'](\w+)[\"']", source)))
+    return []
 
 
 class VmasEnv(MultiAgentEnv):
@@ -64,8 +79,8 @@ class VmasEnv(MultiAgentEnv):
                                          **kwargs)
         except UserWarning as e:  # "Scenario kwargs: {...} passed but not used by the scenario. ..."
             unused = str(e).split(" passed")[0].removeprefix("Scenario kwargs: ")
-            raise EnvError(f"{env_id}: the {scenario} scenario has no options {unused} "
-                           "(its options are the keyword arguments of its make_world in VMAS)") from None
+            raise EnvError(f"{env_id}: the {scenario} scenario has no options {unused}; its options: "
+                           f"{', '.join(scenario_options(scenario)) or 'none'} (and max_steps)") from None
         except Exception as e:  # the scenario's own checks on the options: asserts, type errors
             if not kwargs:
                 raise  # no option to blame: a real failure, with its traceback
