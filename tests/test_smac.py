@@ -122,7 +122,8 @@ def test_missing_game_only(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "smac", types.ModuleType("smac"))
     monkeypatch.setitem(sys.modules, "smac.env", fake_pkg)
     monkeypatch.setenv("SC2PATH", str(tmp_path / "nowhere"))
-    with pytest.raises(EnvError, match=r"^smac:3m cannot start: the StarCraft II game .* set SC2PATH \(see docs"):
+    with pytest.raises(EnvError, match=r"^smac:3m cannot start: the StarCraft II game .* set SC2PATH \(see docs"
+                       r".*\); without StarCraft II, JaxMARL's SMAX plays the same map: --env-id smax:3m "):
         make_env("smac:3m", 1)
     (tmp_path / "nowhere" / "Versions").mkdir(parents=True)  # with the game present it launches
     env = make_env("smac:3m", 2)

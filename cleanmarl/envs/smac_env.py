@@ -28,6 +28,8 @@ import torch
 from .base import EnvError, EnvSpec, MultiAgentEnv
 
 RECIPE = "see docs/envs/smac.md"
+SMAX_MAPS = {"3m", "8m", "25m", "2s3z", "3s5z", "5m_vs_6m", "10m_vs_11m", "27m_vs_30m", "3s5z_vs_3s6z", "3s_vs_5z",
+             "6h_vs_8z"}  # the SMAC maps JaxMARL's SMAX also has (cleanmarl/envs/smax.py)
 SMAC_INSTALL = "pip install git+https://github.com/oxwhirl/smac.git"
 SMACV2_INSTALL = "pip install git+https://github.com/oxwhirl/smacv2.git"
 _V2_PATTERN = re.compile(r"^(protoss|terran|zerg)_(\d+)_vs_(\d+)$")
@@ -91,7 +93,9 @@ def game_factory(env_id: str, family: str, scenario: str) -> Callable[[int], obj
     if game:
         missing.append(game)
     if missing:
-        raise EnvError(f"{env_id} cannot start: {'; and '.join(missing)} ({RECIPE})")
+        stand_in = (f"; without StarCraft II, JaxMARL's SMAX plays the same map: --env-id smax:{scenario} "
+                    "(a different simulator: not SMAC results)") if family == "smac" and scenario in SMAX_MAPS else ""
+        raise EnvError(f"{env_id} cannot start: {'; and '.join(missing)} ({RECIPE}){stand_in}")
     if family == "smac":
         return lambda seed: StarCraft2Env(map_name=scenario, seed=seed)
     race, n, m = match.group(1), int(match.group(2)), int(match.group(3))
