@@ -33,7 +33,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -122,7 +122,15 @@ class Args:
     target_kl: Optional[float] = None
     """stop an agent's epochs early once its approximate KL exceeds this"""
     hidden_dim: int = 64
-    """width of the two hidden layers of actor and critic"""
+    """width of the hidden layers of actor and critics"""
+    num_layers: int = 2
+    """hidden layers of the actor and value-critic MLPs (on-policy's layer_N = 1, ILVF Table 1's, is 2: its fc1 and layer_N more)"""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """the hidden layers' activation (ILVF Table 1: relu)"""
+    feature_norm: bool = False
+    """toggle a LayerNorm over each MLP's input (on-policy's use_feature_normalization; ILVF Table 1: on)"""
+    layer_norm: bool = False
+    """toggle a LayerNorm after every hidden activation (on-policy's MLPLayer always has one; ILVF Table 1: on)"""
     init_log_std: float = 0.0
     """initial log standard deviation of the Gaussian policies (in action units)"""
 
@@ -157,7 +165,7 @@ FLAG_RANGES = {
     "total_timesteps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1",
     "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
     "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
-    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
+    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1", "num_layers": ">= 1",
     "init_log_std": "in [-10, 2]",
 }
 
@@ -219,34 +227,54 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-def mlp(in_dim, hidden, out_dim, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), std=out_std),
-    )
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim, hidden, out_dim, out_std, layers=2, activation="tanh", feature_norm=False, layer_norm=False):
+    """on-policy's MLP: [a LayerNorm over the input] -> `layers` x (Linear, activation, [LayerNorm])
+    -> a Linear head. Orthogonal init: gain sqrt(2) on the hidden layers, out_std on the head (0.01
+    on a policy head, ILVF Table 1's gain; 1 on a value head); zero biases."""
+    body = hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm)
+    return nn.Sequential(*body, layer_init(nn.Linear(hidden, out_dim), std=out_std))
+
+
+def hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm):
+    """mlp()'s body, a list of modules: [LayerNorm(in_dim)], then `layers` x (Linear, activation, [LayerNorm])."""
+    body = [nn.LayerNorm(in_dim)] if feature_norm else []
+    for d in [in_dim] + [hidden] * (layers - 1):
+        body += [layer_init(nn.Linear(d, hidden)), ACTIVATIONS[activation]()] + ([nn.LayerNorm(hidden)] if layer_norm else [])
+    return body
+
+
+def stacked_forward(nets, x):
+    """n MLPs of one shape (an agent each) on x [..., n, in_dim] -> [..., n, out_dim], agent k's slice
+    through net k: each layer's weights stacked over the agents, one batched op per layer."""
+    for i, layer in enumerate(nets[0]):
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            weight = torch.stack([net[i].weight for net in nets])  # [n, out, in] or [n, d]
+            bias = torch.stack([net[i].bias for net in nets])  # [n, out]
+            if isinstance(layer, nn.Linear):
+                x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            else:
+                x = nn.functional.layer_norm(x, layer.normalized_shape, eps=layer.eps) * weight + bias
+        else:  # the activation
+            x = layer(x)
+    return x
 
 
 class Actors(nn.Module):
-    """One Gaussian policy per agent (no parameter sharing), each with its own optimizer and
-    log-std. forward: all agents at once, obs [..., n, obs_dim] -> means [..., n, D], by stacking
-    the agents' weights (one batched matmul per layer, no loop over samples); agent_dist(k, ...):
-    agent k alone, which is what its sequential update differentiates."""
+    """One Gaussian policy per agent (no parameter sharing), each with its own log-std. forward:
+    all agents at once, obs [..., n, obs_dim] -> means [..., n, D] (`stacked_forward`: one batched
+    matmul per layer, no loop over samples or agents); agent_dist(k, ...): agent k alone, which
+    HAPPO's sequential update differentiates."""
 
-    def __init__(self, obs_dim, n_agents, action_dim, hidden, init_log_std):
+    def __init__(self, obs_dim, n_agents, action_dim, hidden, init_log_std, **net):
         super().__init__()
-        self.agents = nn.ModuleList(mlp(obs_dim, hidden, action_dim, out_std=0.01) for _ in range(n_agents))
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, action_dim, 0.01, **net) for _ in range(n_agents))
         self.log_stds = nn.ParameterList(nn.Parameter(torch.full((action_dim,), init_log_std)) for _ in range(n_agents))
 
     def forward(self, obs):
-        x = obs
-        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
-            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
-            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
-            x = torch.einsum("...ni,noi->...no", x, weight) + bias
-            if i + 1 < len(self.agents[0]):
-                x = torch.tanh(x)
-        return x
+        return stacked_forward(self.agents, obs)
 
     def dist(self, obs):
         mean = self(obs)
@@ -309,9 +337,9 @@ def sequential_actor_update(actors, optimizers, perm, b_obs, b_actions, b_logpro
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
-    def __init__(self, state_dim, hidden):
+    def __init__(self, state_dim, hidden, **net):
         super().__init__()
-        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+        self.net = mlp(state_dim, hidden, 1, 1.0, **net)
 
     def forward(self, state):
         return self.net(state).squeeze(-1)
@@ -326,8 +354,10 @@ def main():
     spec = envs.spec
     n, D = spec.n_agents, spec.action_dim
 
-    actors = Actors(spec.obs_dim, n, D, args.hidden_dim, args.init_log_std).to(device)
-    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+    net = dict(layers=args.num_layers, activation=args.activation, feature_norm=args.feature_norm,
+               layer_norm=args.layer_norm)  # the MLPs' shape (on-policy's flags)
+    actors = Actors(spec.obs_dim, n, D, args.hidden_dim, args.init_log_std, **net).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim, **net).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizers = [torch.optim.Adam([*net.parameters(), log_std], lr=args.learning_rate, eps=1e-5)
                         for net, log_std in zip(actors.agents, actors.log_stds)]

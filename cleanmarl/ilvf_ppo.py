@@ -139,7 +139,15 @@ class Args:
     target_kl: Optional[float] = None
     """stop the epochs of a rollout early once the approximate KL exceeds this"""
     hidden_dim: int = 64
-    """width of the two hidden layers of actor and critic"""
+    """width of the hidden layers of actor and critics"""
+    num_layers: int = 2
+    """hidden layers of the actor and value-critic MLPs (on-policy's layer_N = 1, ILVF Table 1's, is 2: its fc1 and layer_N more)"""
+    activation: Literal["tanh", "relu"] = "relu"
+    """the hidden layers' activation (ILVF Table 1: relu)"""
+    feature_norm: bool = True
+    """toggle a LayerNorm over each MLP's input (on-policy's use_feature_normalization; ILVF Table 1: on)"""
+    layer_norm: bool = True
+    """toggle a LayerNorm after every hidden activation (on-policy's MLPLayer always has one; ILVF Table 1: on)"""
     agent_id: bool = True
     """toggle appending the one-hot agent id to each agent's observation (with --share-actor)"""
     share_actor: bool = True
@@ -186,7 +194,7 @@ FLAG_RANGES = {
     "total_timesteps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1",
     "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
     "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
-    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
+    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1", "num_layers": ">= 1",
     "tau": "> 0", "threshold": "in (0, 1)", "w_init_logit": ">= 0",
 }
 
@@ -293,22 +301,49 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-def mlp(in_dim, hidden, out_dim, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), std=out_std),
-    )
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim, hidden, out_dim, out_std, layers=2, activation="tanh", feature_norm=False, layer_norm=False):
+    """on-policy's MLP: [a LayerNorm over the input] -> `layers` x (Linear, activation, [LayerNorm])
+    -> a Linear head. Orthogonal init: gain sqrt(2) on the hidden layers, out_std on the head (0.01
+    on a policy head, ILVF Table 1's gain; 1 on a value head); zero biases."""
+    body = hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm)
+    return nn.Sequential(*body, layer_init(nn.Linear(hidden, out_dim), std=out_std))
+
+
+def hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm):
+    """mlp()'s body, a list of modules: [LayerNorm(in_dim)], then `layers` x (Linear, activation, [LayerNorm])."""
+    body = [nn.LayerNorm(in_dim)] if feature_norm else []
+    for d in [in_dim] + [hidden] * (layers - 1):
+        body += [layer_init(nn.Linear(d, hidden)), ACTIVATIONS[activation]()] + ([nn.LayerNorm(hidden)] if layer_norm else [])
+    return body
+
+
+def stacked_forward(nets, x):
+    """n MLPs of one shape (an agent each) on x [..., n, in_dim] -> [..., n, out_dim], agent k's slice
+    through net k: each layer's weights stacked over the agents, one batched op per layer."""
+    for i, layer in enumerate(nets[0]):
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            weight = torch.stack([net[i].weight for net in nets])  # [n, out, in] or [n, d]
+            bias = torch.stack([net[i].bias for net in nets])  # [n, out]
+            if isinstance(layer, nn.Linear):
+                x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            else:
+                x = nn.functional.layer_norm(x, layer.normalized_shape, eps=layer.eps) * weight + bias
+        else:  # the activation
+            x = layer(x)
+    return x
 
 
 class Actor(nn.Module):
     """Shared policy: obs [..., n, obs_dim] -> masked logits [..., n, A]."""
 
-    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id):
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id, **net):
         super().__init__()
         self.agent_id = agent_id
         self.register_buffer("ids", torch.eye(n_agents))
-        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, n_actions, out_std=0.01)
+        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, n_actions, 0.01, **net)
 
     def forward(self, obs, avail):
         if self.agent_id:
@@ -320,40 +355,36 @@ class Actor(nn.Module):
 
 
 class AgentMLP(nn.Module):
-    """n independent MLPs of mlp()'s shape, one per agent, evaluated together as batched matmuls:
+    """n independent MLPs of mlp()'s shape, one per agent, evaluated together (`stacked_forward`):
     x [..., n, in_dim] -> [..., n, out_dim] (agent k's slice goes through agent k's weights)."""
 
-    def __init__(self, n_agents, in_dim, hidden, out_dim, out_std):
+    def __init__(self, n_agents, in_dim, hidden, out_dim, out_std, **net):
         super().__init__()
-        dims, stds = [in_dim, hidden, hidden, out_dim], [np.sqrt(2), np.sqrt(2), out_std]
-        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
-        for d_in, d_out, std in zip(dims[:-1], dims[1:], stds):
-            w = torch.stack([torch.nn.init.orthogonal_(torch.empty(d_out, d_in), std).T
-                             for _ in range(n_agents)])  # initialization only: each agent's layer orthogonal
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(n_agents, d_out)))
+        self.nets = nn.ModuleList(mlp(in_dim, hidden, out_dim, out_std, **net) for _ in range(n_agents))
 
     def forward(self, x):
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.einsum("...ni,nio->...no", x, w) + b
-            if k < len(self.weights) - 1:
-                x = torch.tanh(x)
-        return x
+        return stacked_forward(self.nets, x)
 
 
 class Actors(nn.Module):
-    """One policy network per agent (no parameter sharing), the agents' MLPs evaluated together by
-    `AgentMLP`: obs [..., n, obs_dim] -> masked logits [..., n, A]."""
+    """One policy network per agent (no parameter sharing). forward: all agents at once, obs
+    [..., n, obs_dim] -> masked logits [..., n, A] (`stacked_forward`: one batched matmul per layer,
+    no loop over samples or agents); agent_dist(k, ...): agent k alone, which HAPPO's sequential
+    update differentiates."""
 
-    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, **net):
         super().__init__()
-        self.net = AgentMLP(n_agents, obs_dim, hidden, n_actions, out_std=0.01)
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, 0.01, **net) for _ in range(n_agents))
 
     def forward(self, obs, avail):
-        return self.net(obs).masked_fill(~avail, -1e10)
+        return stacked_forward(self.agents, obs).masked_fill(~avail, -1e10)
 
     def dist(self, obs, avail):
         return Categorical(logits=self(obs, avail))
+
+    def agent_dist(self, k, obs_k, avail_k):
+        """Agent k's policy on its own observations obs_k [..., obs_dim]."""
+        return Categorical(logits=self.agents[k](obs_k).masked_fill(~avail_k, -1e10))
 
 
 class InfluenceCritic(nn.Module):
@@ -370,19 +401,19 @@ class InfluenceCritic(nn.Module):
     s_j is the env's `agent_state`; h reads the global `state`. Values are in normalized units."""
 
     def __init__(self, state_dim, agent_state_dim, n_agents, n_actions, hidden, inferring, w_init, w_init_logit,
-                 q_actions="weighted"):
+                 q_actions="weighted", **net):
         super().__init__()
         n, d, A = n_agents, agent_state_dim, n_actions
         self.n, self.A, self.inferring, self.q_actions = n, A, inferring, q_actions
-        self.attention = AgentMLP(n, state_dim, hidden, n, out_std=1.0 if w_init == "random" else 0.01)
+        self.attention = AgentMLP(n, state_dim, hidden, n, 1.0 if w_init == "random" else 0.01, **net)
         if w_init != "random":  # App. D: start W near the identity or near all ones
-            eye = torch.eye(n)
-            start = torch.ones(n, n) if w_init == "ones" else eye
+            start = torch.ones(n, n) if w_init == "ones" else torch.eye(n)
             with torch.no_grad():
-                self.attention.biases[-1].copy_(w_init_logit * (2.0 * start - 1.0))
-        self.v = AgentMLP(n, n * d, hidden, 1, out_std=1.0)
+                for i, f_h in enumerate(self.attention.nets):  # agent i's head bias: row i of W's logits
+                    f_h[-1].bias.copy_(w_init_logit * (2.0 * start[i] - 1.0))
+        self.v = AgentMLP(n, n * d, hidden, 1, 1.0, **net)
         q_in = (d + A if q_actions == "weighted" else d + n * A) if inferring else n * d + A
-        self.q = AgentMLP(n, q_in, hidden, 1, out_std=1.0)
+        self.q = AgentMLP(n, q_in, hidden, 1, 1.0, **net)
 
     def logits(self, state):
         """h [..., n, n]: row i = f^h_i(s)."""
@@ -457,12 +488,14 @@ def main():
              "(the reward-sum families mpe:, pcp:, cacc:, coupled: and atsc: do)")
     eye = torch.eye(n, dtype=torch.bool, device=device)
 
+    net = dict(layers=args.num_layers, activation=args.activation, feature_norm=args.feature_norm,
+               layer_norm=args.layer_norm)  # the MLPs' shape (on-policy's flags)
     if args.share_actor:
-        actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+        actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id, **net).to(device)
     else:
-        actor = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
+        actor = Actors(spec.obs_dim, n, A, args.hidden_dim, **net).to(device)
     critic = InfluenceCritic(spec.state_dim, spec.agent_state_dim, n, A, args.hidden_dim, args.inferring,
-                             args.w_init, args.w_init_logit, args.q_actions).to(device)
+                             args.w_init, args.w_init_logit, args.q_actions, **net).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)

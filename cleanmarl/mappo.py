@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -120,7 +120,15 @@ class Args:
     target_kl: Optional[float] = None
     """stop the epochs of a rollout early once the approximate KL exceeds this"""
     hidden_dim: int = 64
-    """width of the two hidden layers of actor and critic"""
+    """width of the hidden layers of actor and critics"""
+    num_layers: int = 2
+    """hidden layers of the actor and value-critic MLPs (on-policy's layer_N = 1, ILVF Table 1's, is 2: its fc1 and layer_N more)"""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """the hidden layers' activation (ILVF Table 1: relu)"""
+    feature_norm: bool = False
+    """toggle a LayerNorm over each MLP's input (on-policy's use_feature_normalization; ILVF Table 1: on)"""
+    layer_norm: bool = False
+    """toggle a LayerNorm after every hidden activation (on-policy's MLPLayer always has one; ILVF Table 1: on)"""
     agent_id: bool = True
     """toggle appending the one-hot agent id to each agent's observation (with --share-actor)"""
     share_actor: bool = True
@@ -143,16 +151,19 @@ class Args:
 # run prints the row it used and records it as `defaults_from`.
 # Neither table gives minibatches: 4 on the rows of 16 or more envs, chosen on SMAX 2s3z and held for VMAS
 # and GRF (docs/parity.md); 1 (the full batch, on-policy's default) on the 4-env rows, as their paper runs here.
+# Each row's MLP: the scripts' own (tanh, no LayerNorm) on CORA Table V's rows, which leave the
+# network open; on-policy's (ReLU, LayerNorms on the input and after each hidden layer) on ILVF Table 1's.
+OWN_NET, TABLE1_NET = ("tanh", False, False), ("relu", True, True)
 FAMILY_COLUMNS = ("learning_rate", "critic_learning_rate", "clip_coef", "ent_coef", "num_envs", "update_epochs",
-                  "num_minibatches")
+                  "num_minibatches", "activation", "feature_norm", "layer_norm")
 FAMILY_DEFAULTS = {  # family or family:scenario -> (the row, its values of FAMILY_COLUMNS)
-    "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10, 1)),
-    "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10, 4)),
-    "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10, 4)),
-    **dict.fromkeys(("smac", "smacv2"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4))),
-    "smax": ("CORA Table V: SMAC (SMAX borrows the SMAC row)", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4)),
-    "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10, 4)),
-    **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15, 1))),
+    "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10, 1, *OWN_NET)),
+    "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10, 4, *OWN_NET)),
+    "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10, 4, *OWN_NET)),
+    **dict.fromkeys(("smac", "smacv2"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4, *OWN_NET))),
+    "smax": ("CORA Table V: SMAC (SMAX borrows the SMAC row)", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4, *OWN_NET)),
+    "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10, 4, *OWN_NET)),
+    **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15, 1, *TABLE1_NET))),
 }
 
 # The valid range of every numeric flag, checked before anything starts.
@@ -161,7 +172,7 @@ FLAG_RANGES = {
     "total_timesteps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1",
     "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
     "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
-    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1"
+    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1", "num_layers": ">= 1"
 }
 
 
@@ -228,22 +239,49 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-def mlp(in_dim, hidden, out_dim, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), std=out_std),
-    )
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim, hidden, out_dim, out_std, layers=2, activation="tanh", feature_norm=False, layer_norm=False):
+    """on-policy's MLP: [a LayerNorm over the input] -> `layers` x (Linear, activation, [LayerNorm])
+    -> a Linear head. Orthogonal init: gain sqrt(2) on the hidden layers, out_std on the head (0.01
+    on a policy head, ILVF Table 1's gain; 1 on a value head); zero biases."""
+    body = hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm)
+    return nn.Sequential(*body, layer_init(nn.Linear(hidden, out_dim), std=out_std))
+
+
+def hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm):
+    """mlp()'s body, a list of modules: [LayerNorm(in_dim)], then `layers` x (Linear, activation, [LayerNorm])."""
+    body = [nn.LayerNorm(in_dim)] if feature_norm else []
+    for d in [in_dim] + [hidden] * (layers - 1):
+        body += [layer_init(nn.Linear(d, hidden)), ACTIVATIONS[activation]()] + ([nn.LayerNorm(hidden)] if layer_norm else [])
+    return body
+
+
+def stacked_forward(nets, x):
+    """n MLPs of one shape (an agent each) on x [..., n, in_dim] -> [..., n, out_dim], agent k's slice
+    through net k: each layer's weights stacked over the agents, one batched op per layer."""
+    for i, layer in enumerate(nets[0]):
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            weight = torch.stack([net[i].weight for net in nets])  # [n, out, in] or [n, d]
+            bias = torch.stack([net[i].bias for net in nets])  # [n, out]
+            if isinstance(layer, nn.Linear):
+                x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            else:
+                x = nn.functional.layer_norm(x, layer.normalized_shape, eps=layer.eps) * weight + bias
+        else:  # the activation
+            x = layer(x)
+    return x
 
 
 class Actor(nn.Module):
     """Shared policy: obs [..., n, obs_dim] -> masked logits [..., n, A]."""
 
-    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id):
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id, **net):
         super().__init__()
         self.agent_id = agent_id
         self.register_buffer("ids", torch.eye(n_agents))
-        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, n_actions, out_std=0.01)
+        self.net = mlp(obs_dim + (n_agents if agent_id else 0), hidden, n_actions, 0.01, **net)
 
     def forward(self, obs, avail):
         if self.agent_id:
@@ -255,34 +293,32 @@ class Actor(nn.Module):
 
 
 class Actors(nn.Module):
-    """One policy network per agent (no parameter sharing), in the form happo.py uses:
-    obs [..., n, obs_dim] -> masked logits [..., n, A] for all agents at once, by stacking the
-    agents' weights (one batched matmul per layer, no loop over samples or agents)."""
+    """One policy network per agent (no parameter sharing). forward: all agents at once, obs
+    [..., n, obs_dim] -> masked logits [..., n, A] (`stacked_forward`: one batched matmul per layer,
+    no loop over samples or agents); agent_dist(k, ...): agent k alone, which HAPPO's sequential
+    update differentiates."""
 
-    def __init__(self, obs_dim, n_agents, n_actions, hidden):
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, **net):
         super().__init__()
-        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, out_std=0.01) for _ in range(n_agents))
+        self.agents = nn.ModuleList(mlp(obs_dim, hidden, n_actions, 0.01, **net) for _ in range(n_agents))
 
     def forward(self, obs, avail):
-        x = obs
-        for i in range(0, len(self.agents[0]), 2):  # Linear layers sit at even indices
-            weight = torch.stack([net[i].weight for net in self.agents])  # [n, out, in]
-            bias = torch.stack([net[i].bias for net in self.agents])  # [n, out]
-            x = torch.einsum("...ni,noi->...no", x, weight) + bias
-            if i + 1 < len(self.agents[0]):
-                x = torch.tanh(x)
-        return x.masked_fill(~avail, -1e10)
+        return stacked_forward(self.agents, obs).masked_fill(~avail, -1e10)
 
     def dist(self, obs, avail):
         return Categorical(logits=self(obs, avail))
+
+    def agent_dist(self, k, obs_k, avail_k):
+        """Agent k's policy on its own observations obs_k [..., obs_dim]."""
+        return Categorical(logits=self.agents[k](obs_k).masked_fill(~avail_k, -1e10))
 
 
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
-    def __init__(self, state_dim, hidden):
+    def __init__(self, state_dim, hidden, **net):
         super().__init__()
-        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+        self.net = mlp(state_dim, hidden, 1, 1.0, **net)
 
     def forward(self, state):
         return self.net(state).squeeze(-1)
@@ -297,11 +333,13 @@ def main():
     spec = envs.spec
     n, A = spec.n_agents, spec.n_actions
 
+    net = dict(layers=args.num_layers, activation=args.activation, feature_norm=args.feature_norm,
+               layer_norm=args.layer_norm)  # the MLPs' shape (on-policy's flags)
     if args.share_actor:
-        actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
+        actor = Actor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id, **net).to(device)
     else:
-        actor = Actors(spec.obs_dim, n, A, args.hidden_dim).to(device)
-    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+        actor = Actors(spec.obs_dim, n, A, args.hidden_dim, **net).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim, **net).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)

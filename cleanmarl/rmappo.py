@@ -35,7 +35,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 import torch
@@ -124,7 +124,15 @@ class Args:
     target_kl: Optional[float] = None
     """stop the epochs of a rollout early once the approximate KL exceeds this"""
     hidden_dim: int = 64
-    """width of the two hidden layers of actor and critic"""
+    """width of the hidden layers of actor and critics"""
+    num_layers: int = 2
+    """hidden layers of the actor and value-critic MLPs (on-policy's layer_N = 1, ILVF Table 1's, is 2: its fc1 and layer_N more)"""
+    activation: Literal["tanh", "relu"] = "tanh"
+    """the hidden layers' activation (ILVF Table 1: relu)"""
+    feature_norm: bool = False
+    """toggle a LayerNorm over each MLP's input (on-policy's use_feature_normalization; ILVF Table 1: on)"""
+    layer_norm: bool = False
+    """toggle a LayerNorm after every hidden activation (on-policy's MLPLayer always has one; ILVF Table 1: on)"""
     agent_id: bool = True
     """toggle appending the one-hot agent id to each agent's observation"""
     chunk_length: int = 10
@@ -147,16 +155,19 @@ class Args:
 # run prints the row it used and records it as `defaults_from`.
 # Neither table gives minibatches: 4 on the rows of 16 or more envs, chosen on SMAX 2s3z and held for VMAS
 # and GRF (docs/parity.md); 1 (the full batch, on-policy's default) on the 4-env rows, as their paper runs here.
+# Each row's MLP: the scripts' own (tanh, no LayerNorm) on CORA Table V's rows, which leave the
+# network open; on-policy's (ReLU, LayerNorms on the input and after each hidden layer) on ILVF Table 1's.
+OWN_NET, TABLE1_NET = ("tanh", False, False), ("relu", True, True)
 FAMILY_COLUMNS = ("learning_rate", "critic_learning_rate", "clip_coef", "ent_coef", "num_envs", "update_epochs",
-                  "num_minibatches")
+                  "num_minibatches", "activation", "feature_norm", "layer_norm")
 FAMILY_DEFAULTS = {  # family or family:scenario -> (the row, its values of FAMILY_COLUMNS)
-    "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10, 1)),
-    "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10, 4)),
-    "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10, 4)),
-    **dict.fromkeys(("smac", "smacv2"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4))),
-    "smax": ("CORA Table V: SMAC (SMAX borrows the SMAC row)", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4)),
-    "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10, 4)),
-    **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15, 1))),
+    "matrix": ("CORA Table V: matrix games", (5e-4, 5e-3, 0.3, 1e-3, 4, 10, 1, *OWN_NET)),
+    "vmas:navigation": ("CORA Table V: VMAS (Navigation)", (5e-4, 5e-3, 0.2, 1e-4, 64, 10, 4, *OWN_NET)),
+    "vmas": ("CORA Table V: VMAS (others)", (5e-4, 5e-3, 0.2, 1e-4, 16, 10, 4, *OWN_NET)),
+    **dict.fromkeys(("smac", "smacv2"), ("CORA Table V: SMAC", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4, *OWN_NET))),
+    "smax": ("CORA Table V: SMAC (SMAX borrows the SMAC row)", (5e-4, 5e-4, 0.2, 1e-3, 20, 10, 4, *OWN_NET)),
+    "grf": ("CORA Table V: GRF", (5e-4, 5e-4, 0.2, 1e-3, 50, 10, 4, *OWN_NET)),
+    **dict.fromkeys(("mpe", "pcp", "cacc", "coupled", "atsc"), ("ILVF Table 1", (8e-5, 8e-5, 0.2, 1e-2, 4, 15, 1, *TABLE1_NET))),
 }
 
 # The valid range of every numeric flag, checked before anything starts.
@@ -165,7 +176,7 @@ FLAG_RANGES = {
     "total_timesteps": ">= 1", "num_envs": ">= 1", "num_steps": ">= 1",
     "learning_rate": "> 0", "critic_learning_rate": "> 0", "gamma": "in [0, 1]", "gae_lambda": "in [0, 1]",
     "num_minibatches": ">= 1", "update_epochs": ">= 1", "clip_coef": "> 0", "huber_delta": ">= 0",
-    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1",
+    "ent_coef": ">= 0", "max_grad_norm": "> 0", "target_kl": "> 0", "hidden_dim": ">= 1", "num_layers": ">= 1",
     "chunk_length": ">= 1",
 }
 
@@ -233,25 +244,55 @@ def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
     return layer
 
 
-def mlp(in_dim, hidden, out_dim, out_std):
-    return nn.Sequential(
-        layer_init(nn.Linear(in_dim, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
-        layer_init(nn.Linear(hidden, out_dim), std=out_std),
-    )
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+def mlp(in_dim, hidden, out_dim, out_std, layers=2, activation="tanh", feature_norm=False, layer_norm=False):
+    """on-policy's MLP: [a LayerNorm over the input] -> `layers` x (Linear, activation, [LayerNorm])
+    -> a Linear head. Orthogonal init: gain sqrt(2) on the hidden layers, out_std on the head (0.01
+    on a policy head, ILVF Table 1's gain; 1 on a value head); zero biases."""
+    body = hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm)
+    return nn.Sequential(*body, layer_init(nn.Linear(hidden, out_dim), std=out_std))
+
+
+def hidden_layers(in_dim, hidden, layers, activation, feature_norm, layer_norm):
+    """mlp()'s body, a list of modules: [LayerNorm(in_dim)], then `layers` x (Linear, activation, [LayerNorm])."""
+    body = [nn.LayerNorm(in_dim)] if feature_norm else []
+    for d in [in_dim] + [hidden] * (layers - 1):
+        body += [layer_init(nn.Linear(d, hidden)), ACTIVATIONS[activation]()] + ([nn.LayerNorm(hidden)] if layer_norm else [])
+    return body
+
+
+def stacked_forward(nets, x):
+    """n MLPs of one shape (an agent each) on x [..., n, in_dim] -> [..., n, out_dim], agent k's slice
+    through net k: each layer's weights stacked over the agents, one batched op per layer."""
+    for i, layer in enumerate(nets[0]):
+        if isinstance(layer, (nn.Linear, nn.LayerNorm)):
+            weight = torch.stack([net[i].weight for net in nets])  # [n, out, in] or [n, d]
+            bias = torch.stack([net[i].bias for net in nets])  # [n, out]
+            if isinstance(layer, nn.Linear):
+                x = torch.einsum("...ni,noi->...no", x, weight) + bias
+            else:
+                x = nn.functional.layer_norm(x, layer.normalized_shape, eps=layer.eps) * weight + bias
+        else:  # the activation
+            x = layer(x)
+    return x
 
 
 class RecurrentActor(nn.Module):
-    """rMAPPO's shared policy: [o_i, id_i] -> a tanh layer -> a GRU cell -> masked
-    logits. The hidden state h [..., n, hidden] carries each agent's history; it is zeroed where
-    an episode starts. The critic stays an MLP on the global state (which, unlike an agent's
-    observation, describes the whole situation)."""
+    """rMAPPO's shared policy: [o_i, id_i] -> an MLP body -> a GRU cell -> masked logits. The GRU
+    takes the place of the MLP's last hidden layer (on-policy's rMAPPO puts its RNN after its
+    MLP): `layers` - 1 hidden layers before it (1 at the default 2). The hidden state h [..., n,
+    hidden] carries each agent's history; it is zeroed where an episode starts. The critic stays
+    an MLP on the global state (which, unlike an agent's observation, describes the whole situation)."""
 
-    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id):
+    def __init__(self, obs_dim, n_agents, n_actions, hidden, agent_id, layers=2, activation="tanh", feature_norm=False,
+                 layer_norm=False):
         super().__init__()
         self.agent_id, self.hidden = agent_id, hidden
         self.register_buffer("ids", torch.eye(n_agents))
-        self.base = nn.Sequential(layer_init(nn.Linear(obs_dim + (n_agents if agent_id else 0), hidden)), nn.Tanh())
+        in_dim = obs_dim + (n_agents if agent_id else 0)
+        self.base = nn.Sequential(*hidden_layers(in_dim, hidden, max(layers - 1, 1), activation, feature_norm, layer_norm))
         self.gru = nn.GRUCell(hidden, hidden)
         for weight in (self.gru.weight_ih, self.gru.weight_hh):
             torch.nn.init.orthogonal_(weight)
@@ -284,9 +325,9 @@ class RecurrentActor(nn.Module):
 class Critic(nn.Module):
     """Centralized value V(s): state [..., state_dim] -> [...]."""
 
-    def __init__(self, state_dim, hidden):
+    def __init__(self, state_dim, hidden, **net):
         super().__init__()
-        self.net = mlp(state_dim, hidden, 1, out_std=1.0)
+        self.net = mlp(state_dim, hidden, 1, 1.0, **net)
 
     def forward(self, state):
         return self.net(state).squeeze(-1)
@@ -306,8 +347,10 @@ def main():
     spec = envs.spec
     n, A = spec.n_agents, spec.n_actions
 
-    actor = RecurrentActor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id).to(device)
-    critic = Critic(spec.state_dim, args.hidden_dim).to(device)
+    net = dict(layers=args.num_layers, activation=args.activation, feature_norm=args.feature_norm,
+               layer_norm=args.layer_norm)  # the MLPs' shape (on-policy's flags)
+    actor = RecurrentActor(spec.obs_dim, n, A, args.hidden_dim, args.agent_id, **net).to(device)
+    critic = Critic(spec.state_dim, args.hidden_dim, **net).to(device)
     value_rms = RunningMeanStd().to(device)
     actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, eps=1e-5)
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.critic_learning_rate, eps=1e-5)

@@ -239,12 +239,15 @@ def test_family_defaults_are_the_papers_rows_and_given_flags_win(script):
         if paper is None:  # the reward-sum families: ILVF Table 1
             assert source == "ILVF Table 1" and row == dict(learning_rate=8e-5, critic_learning_rate=8e-5, clip_coef=0.2,
                                                              ent_coef=1e-2, num_envs=4, update_epochs=15,
-                                                             num_minibatches=1)
+                                                             num_minibatches=1, activation="relu", feature_norm=True,
+                                                             layer_norm=True)  # and on-policy's MLP
             continue
         lr, critic_lr, clip, ent, k, envs = paper
         assert source.startswith("CORA Table V")
         assert (row["learning_rate"], row["critic_learning_rate"], row["clip_coef"], row["ent_coef"], row["num_envs"],
                 row["update_epochs"]) == (lr, critic_lr, clip, ent, envs, 10), key
+        assert (row.get("activation", "tanh"), row.get("feature_norm", False), row.get("layer_norm", False)) == (
+            "tanh", False, False), key  # Table V leaves the network open: the scripts' own
         if "mc_samples" in row:
             assert row["mc_samples"] == k
         # minibatches, left open by the table: 4 on the rows of 16 or more envs (docs/parity.md), else 1
