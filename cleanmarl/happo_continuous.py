@@ -537,15 +537,9 @@ def parse_args(args_class, family_columns, family_defaults, flag_ranges):
              "--eval-only, or train it further with a larger --total-timesteps")
     if args.capture_video and not (args.eval_interval or args.save_model or args.eval_only):
         fail("--capture-video records the greedy evaluations, and none is scheduled: add --eval-interval N or --save-model")
-    if args.num_iterations * args.batch_size != args.total_timesteps and not args.eval_only:
-        print(f"note: --total-timesteps {args.total_timesteps} is not a whole number of rollouts of {args.batch_size} "
-              f"steps: the run takes {args.num_iterations * args.batch_size}", file=sys.stderr)
     # a resumed run writes on into its own folder, so its TensorBoard curves continue
     run_name = (os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint))) if ckpt
                 else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    if not args.eval_only:
-        row = " ".join(f"{name}={getattr(args, name)}" for name in family_columns)
-        print(f"run: runs/{run_name}\nhyperparameters ({args.defaults_from} for the flags not given): {row}", flush=True)
     return args, ckpt, run_name
 
 
@@ -754,6 +748,11 @@ class Run:
                 fail("--track needs Weights and Biases: pip install wandb")
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                        config=vars(args), name=run_name, save_code=True)
+        row = " ".join(f"{name}={getattr(args, name)}" for name in FAMILY_COLUMNS)  # this script's table columns
+        print(f"run: runs/{run_name}\nhyperparameters ({args.defaults_from} for the flags not given): {row}", flush=True)
+        if args.num_iterations * args.batch_size != args.total_timesteps:
+            print(f"note: --total-timesteps {args.total_timesteps} is not a whole number of rollouts of {args.batch_size} "
+                  f"steps: the run takes {args.num_iterations * args.batch_size}", file=sys.stderr)
         self.writer = SummaryWriter(f"runs/{run_name}")
         self.writer.add_text("hyperparameters",
                              "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))

@@ -355,15 +355,35 @@ class Actor(nn.Module):
 
 
 class AgentMLP(nn.Module):
-    """n independent MLPs of mlp()'s shape, one per agent, evaluated together (`stacked_forward`):
-    x [..., n, in_dim] -> [..., n, out_dim] (agent k's slice goes through agent k's weights)."""
+    """n independent MLPs of mlp()'s shape and initialization, one per agent, held as parameters
+    stacked over the agents: x [..., n, in_dim] -> [..., n, out_dim], agent k's slice through agent
+    k's weights, one batched op per layer. (The critics run every agent's three MLPs many times an
+    update: stacking once here, not at each call as `stacked_forward` does, halves ILVF's time.)"""
 
     def __init__(self, n_agents, in_dim, hidden, out_dim, out_std, **net):
         super().__init__()
-        self.nets = nn.ModuleList(mlp(in_dim, hidden, out_dim, out_std, **net) for _ in range(n_agents))
+        nets = [mlp(in_dim, hidden, out_dim, out_std, **net) for _ in range(n_agents)]
+        self.kinds = [type(layer) for layer in nets[0]]  # Linear / LayerNorm / the activation, in order
+        self.activation = next((layer for layer in nets[0] if not isinstance(layer, (nn.Linear, nn.LayerNorm))))
+        has_weights = [i for i, layer in enumerate(nets[0]) if isinstance(layer, (nn.Linear, nn.LayerNorm))]
+        # Linear weights as [n, in, out]; LayerNorm scales and every bias as [n, d]
+        self.weights = nn.ParameterList(
+            nn.Parameter(torch.stack([net[i].weight.detach().T if isinstance(net[i], nn.Linear) else net[i].weight.detach()
+                                      for net in nets])) for i in has_weights)
+        self.biases = nn.ParameterList(nn.Parameter(torch.stack([net[i].bias.detach() for net in nets])) for i in has_weights)
 
     def forward(self, x):
-        return stacked_forward(self.nets, x)
+        p = 0
+        for kind in self.kinds:
+            if kind is nn.Linear:
+                x = torch.einsum("...ni,nio->...no", x, self.weights[p]) + self.biases[p]
+            elif kind is nn.LayerNorm:
+                x = nn.functional.layer_norm(x, x.shape[-1:]) * self.weights[p] + self.biases[p]
+            else:
+                x = self.activation(x)
+                continue
+            p += 1
+        return x
 
 
 class Actors(nn.Module):
@@ -408,9 +428,8 @@ class InfluenceCritic(nn.Module):
         self.attention = AgentMLP(n, state_dim, hidden, n, 1.0 if w_init == "random" else 0.01, **net)
         if w_init != "random":  # App. D: start W near the identity or near all ones
             start = torch.ones(n, n) if w_init == "ones" else torch.eye(n)
-            with torch.no_grad():
-                for i, f_h in enumerate(self.attention.nets):  # agent i's head bias: row i of W's logits
-                    f_h[-1].bias.copy_(w_init_logit * (2.0 * start[i] - 1.0))
+            with torch.no_grad():  # the head's bias, row i for agent i: W's starting logits
+                self.attention.biases[-1].copy_(w_init_logit * (2.0 * start - 1.0))
         self.v = AgentMLP(n, n * d, hidden, 1, 1.0, **net)
         q_in = (d + A if q_actions == "weighted" else d + n * A) if inferring else n * d + A
         self.q = AgentMLP(n, q_in, hidden, 1, 1.0, **net)
@@ -745,15 +764,9 @@ def parse_args(args_class, family_columns, family_defaults, flag_ranges):
              "--eval-only, or train it further with a larger --total-timesteps")
     if args.capture_video and not (args.eval_interval or args.save_model or args.eval_only):
         fail("--capture-video records the greedy evaluations, and none is scheduled: add --eval-interval N or --save-model")
-    if args.num_iterations * args.batch_size != args.total_timesteps and not args.eval_only:
-        print(f"note: --total-timesteps {args.total_timesteps} is not a whole number of rollouts of {args.batch_size} "
-              f"steps: the run takes {args.num_iterations * args.batch_size}", file=sys.stderr)
     # a resumed run writes on into its own folder, so its TensorBoard curves continue
     run_name = (os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint))) if ckpt
                 else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")
-    if not args.eval_only:
-        row = " ".join(f"{name}={getattr(args, name)}" for name in family_columns)
-        print(f"run: runs/{run_name}\nhyperparameters ({args.defaults_from} for the flags not given): {row}", flush=True)
     return args, ckpt, run_name
 
 
@@ -962,6 +975,11 @@ class Run:
                 fail("--track needs Weights and Biases: pip install wandb")
             wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                        config=vars(args), name=run_name, save_code=True)
+        row = " ".join(f"{name}={getattr(args, name)}" for name in FAMILY_COLUMNS)  # this script's table columns
+        print(f"run: runs/{run_name}\nhyperparameters ({args.defaults_from} for the flags not given): {row}", flush=True)
+        if args.num_iterations * args.batch_size != args.total_timesteps:
+            print(f"note: --total-timesteps {args.total_timesteps} is not a whole number of rollouts of {args.batch_size} "
+                  f"steps: the run takes {args.num_iterations * args.batch_size}", file=sys.stderr)
         self.writer = SummaryWriter(f"runs/{run_name}")
         self.writer.add_text("hyperparameters",
                              "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))

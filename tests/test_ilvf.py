@@ -39,9 +39,8 @@ def _critic(inferring, n=3, d=2, A=4, S=5):
     torch.manual_seed(0)
     critic = InfluenceCritic(S, d, n, A, hidden=16, inferring=inferring, w_init="random", w_init_logit=4.0)
     with torch.no_grad():  # W = identity exactly: each agent's critic attends to its own state only
-        for i, f_h in enumerate(critic.attention.nets):  # agent i's attention head: row i of W's logits
-            f_h[-1].weight.zero_()
-            f_h[-1].bias.copy_(50.0 * (2 * torch.eye(n)[i] - 1))
+        critic.attention.weights[-1].zero_()
+        critic.attention.biases[-1].copy_(50.0 * (2 * torch.eye(n) - 1))
     return critic
 
 

@@ -122,9 +122,11 @@ def _start(script, flags, cwd):
 
 
 def _skip_header(proc):
-    """The first stdout line after the hyperparameter row that unflagged runs print."""
+    """The first stdout line after the run folder and hyperparameter lines every run starts with."""
     line = proc.stdout.readline()
-    return proc.stdout.readline() if line.startswith("hyperparameters:") else line
+    while line.startswith(("run: ", "hyperparameters")):
+        line = proc.stdout.readline()
+    return line
 
 
 def _weights(path):
@@ -214,7 +216,7 @@ def test_capture_video_records_the_evaluation_episode(script, env_id, tmp_path):
 
 
 def test_capture_video_on_a_family_that_cannot_render_is_one_line(tmp_path):
-    r = run(ROOT / "cleanmarl" / "mappo.py", "--capture-video", cwd=tmp_path)
+    r = run(ROOT / "cleanmarl" / "mappo.py", "--capture-video", "--save-model", cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr == "error: --capture-video: matrix:team cannot render videos (vmas:, mamujoco: and smax: can)\n"
 
@@ -282,7 +284,7 @@ def test_the_run_prints_and_records_its_row(tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("run: runs/vmas:give_way,max_steps=10__mappo__1__")
     assert "\nhyperparameters (CORA Table V: VMAS (others) for the flags not given): learning_rate=0.0005 " in r.stdout
-    assert " num_envs=16 update_epochs=10 num_minibatches=4\n" in r.stdout  # the row's values, not Args' 
+    assert " num_envs=16 update_epochs=10 num_minibatches=4 activation=tanh " in r.stdout  # the row's, not Args' 
     assert "iter 1/2 step 160/320" in r.stdout  # 16 envs x 10 steps: the row's parallel envs
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(only_run_dir(tmp_path)), size_guidance={"tensors": 0})
@@ -298,7 +300,7 @@ def test_capture_video_without_its_packages_is_one_line(tmp_path):
     (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['imageio_ffmpeg'] = None\n")
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     r = subprocess.run([sys.executable, str(ROOT / "cleanmarl" / "mappo.py"), "--env-id", "vmas:give_way",
-                        "--capture-video"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+                        "--capture-video", "--save-model"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr == ("error: --capture-video needs imageio and imageio-ffmpeg: "
                         "pip install imageio==2.38.1 imageio-ffmpeg==0.6.0\n")

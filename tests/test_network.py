@@ -68,13 +68,37 @@ def test_per_agent_mlps_together_equal_each_alone(net):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
+def test_ilvf_agent_mlp_is_mlp_per_agent():
+    """ILVF's stacked-parameter AgentMLP computes, for each agent, mlp() with that agent's weights."""
+    from cleanmarl.ilvf_ppo import AgentMLP
+    from cleanmarl.mappo import mlp
+
+    torch.manual_seed(2)
+    net = dict(layers=2, activation="relu", feature_norm=True, layer_norm=True)
+    agents = AgentMLP(3, 6, 16, 4, 1.0, **net)
+    with torch.no_grad():
+        for w in agents.weights:
+            w.add_(0.1 * torch.randn_like(w))
+        for b in agents.biases:
+            b.add_(0.1 * torch.randn_like(b))
+    x = torch.randn(5, 3, 6)
+    for k in range(3):
+        one = mlp(6, 16, 4, 1.0, **net)
+        with torch.no_grad():
+            for layer, w, b in zip([m for m in one if isinstance(m, (nn.Linear, nn.LayerNorm))], agents.weights, agents.biases):
+                layer.weight.copy_(w[k].T if isinstance(layer, nn.Linear) else w[k])
+                layer.bias.copy_(b[k])
+        torch.testing.assert_close(agents(x)[:, k], one(x[:, k]), atol=1e-5, rtol=1e-5)
+
+
 def test_ilvf_critics_take_the_network_and_w_init_sets_each_agents_row():
     from cleanmarl.ilvf_ppo import InfluenceCritic
 
     torch.manual_seed(0)
     critic = InfluenceCritic(8, 2, 4, 5, 16, True, "identity", 3.0, activation="relu", feature_norm=True,
                              layer_norm=True)
-    assert isinstance(critic.v.nets[0][0], nn.LayerNorm) and isinstance(critic.q.nets[2][2], nn.ReLU)
+    assert critic.v.kinds == [nn.LayerNorm, nn.Linear, nn.ReLU, nn.LayerNorm, nn.Linear, nn.ReLU, nn.LayerNorm, nn.Linear]
+    assert isinstance(critic.q.activation, nn.ReLU)
     logits = critic.logits(torch.zeros(1, 8))[0]  # at s = 0 the attention's LayerNorms give 0: the bias rows
     torch.testing.assert_close(logits, 3.0 * (2 * torch.eye(4) - 1))
 

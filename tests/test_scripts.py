@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cleanmarl.mappo import Categorical, RunningMeanStd, compute_gae, value_loss
+from cleanmarl.mappo import RunningMeanStd, compute_gae, value_loss
 from tests.test_envs import needs_mujoco
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +122,7 @@ def test_script_runs_and_logs(script, env_id, tmp_path, extra=()):
     (MAPPO, ["--num-minibatches", "7"], "--num-minibatches (7) must divide"),
     (MAPPO, ["--total-timesteps", "10"], "is less than one rollout"),
     (RMAPPO, ["--chunk-length", "8"], "--chunk-length (8) must divide --num-steps (100)"),
-    (RMAPPO, ["--num-minibatches", "3"], "--num-minibatches (3) must divide the rollout's sequences"),
+    (RMAPPO, ["--num-minibatches", "16"], "--num-minibatches (16) must divide the rollout's sequences"),
 ])
 def test_bad_input_is_one_line(script, flags, message, tmp_path):
     r = run(script, *flags, cwd=tmp_path)
@@ -193,30 +193,6 @@ def test_mappo_continuous_reaches_the_global_peak_of_the_differential_game(tmp_p
     summary = json.loads((only_run_dir(tmp_path) / "eval.json").read_text())
     assert summary["eval_return_mean"] >= summary["optimal_return"] - 0.01
     assert scalars(only_run_dir(tmp_path), "charts/episodic_return")[-1][1] >= 14.0
-
-
-def test_categorical_matches_torch_distributions():
-    """mappo.py's written-out Categorical against torch.distributions on masked logits: the same
-    log-probabilities, entropy and gradients, zero mass on unavailable actions, and samples drawn
-    at the policy's frequencies."""
-    torch.manual_seed(0)
-    logits = torch.randn(500, 3, 5, dtype=torch.float64)
-    logits[..., 1] = -1e10  # unavailable everywhere
-    logits[:, 0, 3] = -1e10
-    ours_in, ref_in = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    ours, ref = Categorical(ours_in), torch.distributions.Categorical(logits=ref_in)
-    action = ref.sample()
-    torch.testing.assert_close(ours.probs, ref.probs)
-    torch.testing.assert_close(ours.log_prob(action), ref.log_prob(action))
-    torch.testing.assert_close(ours.entropy(), ref.entropy())
-    (ours.log_prob(action).sum() + ours.entropy().sum()).backward()
-    (ref.log_prob(action).sum() + ref.entropy().sum()).backward()
-    torch.testing.assert_close(ours_in.grad, ref_in.grad)
-    assert torch.isfinite(ours_in.grad).all()
-    draws = Categorical(logits[:1].float().expand(20000, 3, 5)).sample()  # [20000, 3]
-    assert not (draws == 1).any() and not (draws[:, 0] == 3).any()
-    freq = torch.stack([(draws == a).float().mean(0) for a in range(5)], -1)  # [3, 5]
-    torch.testing.assert_close(freq, ref.probs[0].float(), atol=0.015, rtol=0)
 
 
 def test_recurrent_actor_unroll_steps_the_gru_with_resets():
