@@ -219,21 +219,6 @@ def sample_coalitions(n, m, generator=None, device=None):
     return coalitions[torch.randperm(len(coalitions), generator=generator)[:m].to(coalitions.device)]
 
 
-def true_coalition_adv(reward_of, state, actions, policy, coalitions, draws=1024):
-    """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
-    does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
-    A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], by Monte Carlo on the env's own
-    reward with `draws` samples (no critic involved). reward_of: the env's, state [B, S],
-    actions [B, n, D], policy over [B, n, D], coalitions [m, n] or per sample [B, m, n] -> [B, m]."""
-    a = policy.sample((draws,)).transpose(0, 1)  # [B, K, n, D]
-    B, K = a.shape[:2]
-    m, n = coalitions.shape[-2:]
-    inside = coalitions.movedim(-2, 0).reshape(m, -1, 1, n, 1)  # [m, 1 or B, 1, n, 1]
-    joint = torch.where(inside, actions[:, None], a)  # [m, B, K, n, D]
-    s = state[:, None].expand(B, K, -1)  # [B, K, S]
-    return (reward_of(s, joint).mean(-1) - reward_of(s, a).mean(-1)).T
-
-
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
 def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=50, chunk=512):
@@ -976,6 +961,23 @@ def main():
                 if spec.has_win:
                     writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
             run.end_iteration(iteration, global_step, watch, mean_return)  # snapshot, timings, SPS, evaluation, progress
+
+
+# ---- measuring the mechanism: the exact coalition advantages, where the env knows them ---------
+# (core/adv_corr's truth and --coalition-values oracle; not part of Alg. 1)
+def true_coalition_adv(reward_of, state, actions, policy, coalitions, draws=1024):
+    """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
+    does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
+    A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], by Monte Carlo on the env's own
+    reward with `draws` samples (no critic involved). reward_of: the env's, state [B, S],
+    actions [B, n, D], policy over [B, n, D], coalitions [m, n] or per sample [B, m, n] -> [B, m]."""
+    a = policy.sample((draws,)).transpose(0, 1)  # [B, K, n, D]
+    B, K = a.shape[:2]
+    m, n = coalitions.shape[-2:]
+    inside = coalitions.movedim(-2, 0).reshape(m, -1, 1, n, 1)  # [m, 1 or B, 1, n, 1]
+    joint = torch.where(inside, actions[:, None], a)  # [m, B, K, n, D]
+    s = state[:, None].expand(B, K, -1)  # [B, K, S]
+    return (reward_of(s, joint).mean(-1) - reward_of(s, a).mean(-1)).T
 
 
 # ==================================================================================================

@@ -207,24 +207,6 @@ def sample_coalitions(n, m, generator=None, device=None):
     return coalitions[torch.randperm(len(coalitions), generator=generator)[:m].to(coalitions.device)]
 
 
-def true_coalition_adv(reward_of, state, actions, probs, coalitions):
-    """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
-    does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
-    A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], exact, over all A^n joint actions.
-    reward_of: the env's, state [B, S], actions [B, n], probs [B, n, A], coalitions [m, n]
-    or per sample [B, m, n] -> [B, m]."""
-    B, n, A = probs.shape
-    joint = torch.cartesian_prod(*[torch.arange(A, device=probs.device)] * n).view(-1, n)  # [A^n, n]
-    r = reward_of(state.unsqueeze(1).expand(-1, len(joint), -1), joint.expand(B, -1, -1))  # [B, A^n]
-    p = probs.gather(2, joint.T.expand(B, -1, -1))  # [B, n, A^n]: pi_i(joint_i)
-    taken = (joint.T == actions.unsqueeze(-1)).to(p.dtype)  # [B, n, A^n]: joint_i = a_i
-    # each joint action's probability when C keeps a_C and the others follow pi
-    m = coalitions.shape[-2]
-    inside = coalitions.movedim(-2, 0).reshape(m, -1, n, 1)  # [m, 1 or B, n, 1]
-    weight = torch.where(inside, taken, p).prod(-2)  # [m, B, A^n]
-    return (weight * r).sum(-1).T - (p.prod(1) * r).sum(-1, keepdim=True)
-
-
 # Eq. (24): regularized least epsilon-core,
 #   min_{eps >= 0, A} eps + reg * sum_i (A_i - A_N / n)^2  s.t.  sum_i A_i = A_N,  sum_{i in C} A_i >= A_C - eps.
 def core_allocation(coalitions, coalition_adv, grand_adv, reg, max_iters=50, chunk=512):
@@ -979,6 +961,26 @@ def main():
                 if spec.has_win:
                     writer.add_scalar("charts/win_rate", ep_win_sum.item() / count, global_step)
             run.end_iteration(iteration, global_step, watch, mean_return)  # snapshot, timings, SPS, evaluation, progress
+
+
+# ---- measuring the mechanism: the exact coalition advantages, where the env knows them ---------
+# (core/adv_corr's truth and --coalition-values oracle; not part of Alg. 1)
+def true_coalition_adv(reward_of, state, actions, probs, coalitions):
+    """The truth that core/adv_corr measures Eq. (7)'s estimate against, for envs whose next state
+    does not depend on the actions (there Q(s, a_C, a_-C) - V(s) = r(s, a_C, a_-C) - E_pi[r(s, a)]):
+    A_C = E_{a_-C ~ pi}[r(s, a_C, a_-C)] - E_{a ~ pi}[r(s, a)], exact, over all A^n joint actions.
+    reward_of: the env's, state [B, S], actions [B, n], probs [B, n, A], coalitions [m, n]
+    or per sample [B, m, n] -> [B, m]."""
+    B, n, A = probs.shape
+    joint = torch.cartesian_prod(*[torch.arange(A, device=probs.device)] * n).view(-1, n)  # [A^n, n]
+    r = reward_of(state.unsqueeze(1).expand(-1, len(joint), -1), joint.expand(B, -1, -1))  # [B, A^n]
+    p = probs.gather(2, joint.T.expand(B, -1, -1))  # [B, n, A^n]: pi_i(joint_i)
+    taken = (joint.T == actions.unsqueeze(-1)).to(p.dtype)  # [B, n, A^n]: joint_i = a_i
+    # each joint action's probability when C keeps a_C and the others follow pi
+    m = coalitions.shape[-2]
+    inside = coalitions.movedim(-2, 0).reshape(m, -1, n, 1)  # [m, 1 or B, n, 1]
+    weight = torch.where(inside, taken, p).prod(-2)  # [m, B, A^n]
+    return (weight * r).sum(-1).T - (p.prod(1) * r).sum(-1, keepdim=True)
 
 
 # ==================================================================================================
