@@ -130,6 +130,18 @@ group_matrix_controls() {  # issue 27 on CORA Fig. 2's games (Multi-Peak 5 also 
 group_diff_controls() {  # issue 27 on CORA Fig. 3's 2-agent differential game
   controls 200000 cora_mappo_continuous.py diff:2agents "$TV_DIFF" 16 oracle
 }
+group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is not in SMAX): MAPPO, HAPPO,
+  # CORA-MAPPO-MC and its equal split, every arm at its script's SMAX row (no hyperparameter flag:
+  # Table V's SMAC row, K = 64, and 4 minibatches for every arm)
+  local map arm
+  for map in 3m 2s3z 3s_vs_5z 8m; do
+    for arm in "mappo.py" "happo.py" "cora_mappo.py --exp-name cora_mappo_mc" \
+               "cora_mappo.py --allocation equal --exp-name cora_mappo_mc_equal"; do
+      # shellcheck disable=SC2086  # the arm's flags split into words
+      emit 400000 ${arm%% *} "smax:$map" --eval-interval 100000 $(echo "$arm" | cut -s -d' ' -f2-)
+    done
+  done
+}
 group_vmas() {  # CORA Fig. 4 (discrete actions; navigation runs 64 envs, the others 16)
   cora_grid 2000000 discrete 16 "$TV_VMAS" vmas:multi_give_way vmas:give_way
   cora_grid 2000000 discrete 16 "$TV_VMAS_NAV" vmas:navigation
@@ -228,6 +240,7 @@ diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 8 arms (as matrix)|1,2,3
 diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,3,4,5
 matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalition values, GAE vs Q - V A_N (Fig. 2 games)|1,2,3,4,5
 diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
+smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC and its equal split, 400k steps|1,2,3
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
 mamujoco|CORA Fig. 5: MaMuJoCo Ant 4x2, HalfCheetah 6x1/2x3, Walker2d 2x3, Hopper 3x1|1,2,3,4,5
