@@ -142,6 +142,16 @@ group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is 
     done
   done
 }
+group_feature_norm() {  # issue 29: MAPPO with and without on-policy's input LayerNorm, paired by seed, at
+  # the family rows (no other flag)
+  local env script
+  for env in smax:2s3z mamujoco:HalfCheetah-2x3; do
+    script=mappo.py
+    [ "${env%%:*}" = mamujoco ] && script=mappo_continuous.py
+    emit 1000000 "$script" "$env" --eval-interval 100000
+    emit 1000000 "$script" "$env" --eval-interval 100000 --feature-norm --exp-name "${script%.py}_feature_norm"
+  done
+}
 group_vmas() {  # CORA Fig. 4 (discrete actions; navigation runs 64 envs, the others 16)
   cora_grid 2000000 discrete 16 "$TV_VMAS" vmas:multi_give_way vmas:give_way
   cora_grid 2000000 discrete 16 "$TV_VMAS_NAV" vmas:navigation
@@ -240,6 +250,7 @@ diff|CORA Fig. 3/8: differential games, 2 and 5 agents, 8 arms (as matrix)|1,2,3
 diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,3,4,5
 matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalition values, GAE vs Q - V A_N (Fig. 2 games)|1,2,3,4,5
 diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
+feature_norm|issue 29: MAPPO with and without --feature-norm on SMAX 2s3z and MaMuJoCo HalfCheetah-2x3|1,2,3
 smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC and its equal split, 400k steps|1,2,3
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
