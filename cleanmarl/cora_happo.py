@@ -37,6 +37,7 @@ What this file implements, and where:
                   (Sec. III-A's A_N = min_j Q_j(s, a) - V(s))  -> `allocate`, `grand_q_advantage`
   allocation scaling that keeps the core constraints     -> `scale_allocation`
   core/adv_corr's truth, for envs whose next state ignores the actions -> `true_coalition_adv`
+  the credit's diagnostics (core/violation_ratio, equal split, adv_corr) -> `credit_diagnostics`
   HAPPO surrogate with the allocated A_i, M * min(r A_i, clip(r) A_i) -> `happo_surrogate`
   sequential update in a random order, M *= r_{i_k}    -> `sequential_actor_update`
   clipped value loss (Huber), value normalization      -> `value_loss`, `RunningMeanStd`
@@ -759,7 +760,6 @@ def main():
     generators = {"coalitions": coalition_gen}  # checkpointed with the global RNG states
     every_coalition = all_coalitions(n, device) if n <= 12 else None  # for core/violation_ratio
     knows_truth = envs.reward_of is not None and A**n <= 4096  # the exact A_C, over all joint actions
-    has_truth = knows_truth and args.truth_samples > 0  # for core/adv_corr
     if args.coalition_values == "oracle" and not knows_truth:
         fail(f"--coalition-values oracle needs the exact A_C, which {args.env_id} cannot give (matrix: and diff: games "
              "can, their next state ignoring the actions); use --coalition-values learned")
@@ -778,13 +778,17 @@ def main():
         v = critic(state)
         return value_rms.denormalize(v) if args.value_norm else v
 
+    def truth_of(state, actions, policy, coalitions):
+        """The exact A_C [B, m] from the env's reward (`true_coalition_adv`), where knows_truth."""
+        return true_coalition_adv(envs.reward_of, state, actions, policy.probs, coalitions)
+
     def coalition_adv_of(state, actions, policy, coalitions):
         """Eq. (7) for a batch and a coalition set: [B, m] in return units; with --coalition-values
         oracle the env's exact A_C (after the critics' pass all the same: the same random streams)."""
         q = twin_q.coalition_q(state, actions, policy, coalitions, args.mc_samples)
         if args.coalition_values == "oracle":
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                return true_coalition_adv(envs.reward_of, state, actions, policy.probs, coalitions)
+                return truth_of(state, actions, policy, coalitions)
         return coalition_advantages(q, value_of(state), value_rms if args.value_norm else None)
 
     def grand_adv_of(state, actions, gae):
@@ -892,24 +896,10 @@ def main():
                     b_alloc[blk], eps[blk] = allocate(C, coalition_adv[blk], grand_adv[blk], args.core_reg, args.allocation)  # [b, n]
                     watch.lap("core/qp_ms")
                 coalitions_of = coalitions.repeat_interleave(torch.tensor([len(b) for b in blocks], device=device), 0)  # [B, m, n]
-                violation_ratio = float("nan")
-                if every_coalition is not None and args.violation_samples > 0:
-                    # a diagnostic: its Monte-Carlo draws must not move the training's random stream
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        k = min(args.violation_samples, args.batch_size)
-                        full_adv = coalition_adv_of(b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]),
-                                                    every_coalition)
-                        covered = b_alloc[:k] @ every_coalition.to(b_alloc.dtype).T  # sum_{i in C} A_i
-                        violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
-                # how often the core departs from the equal split (= MAPPO), and, where the env
-                # knows the truth, how closely Eq. (7)'s estimate follows the true A_C
-                equal_split = (b_alloc - grand_adv[:, None] / n).abs().amax(1) <= 1e-5 * grand_adv.abs().clamp(min=1)
-                adv_corr = float("nan")
-                if has_truth:
-                    k = min(args.truth_samples, args.batch_size)
-                    truth = true_coalition_adv(envs.reward_of, b_state[:k], b_actions[:k], actors.dist(b_obs[:k], b_avail[:k]).probs,
-                                               coalitions_of[:k])
-                    adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
+                violation_ratio, equal_split, adv_corr = credit_diagnostics(  # core/... tags
+                    coalition_adv_of, truth_of if knows_truth else None, lambda k: actors.dist(b_obs[:k], b_avail[:k]),
+                    b_state, b_actions, coalitions_of, coalition_adv, b_alloc, eps, grand_adv, every_coalition,
+                    args.violation_samples, args.truth_samples)
             watch.lap("core/diagnostics_ms")
 
             # ---- HAPPO update (Alg. 1 l. 22-23): the actors one after another, each with its A_i ----
@@ -1002,6 +992,32 @@ def true_coalition_adv(reward_of, state, actions, probs, coalitions):
     inside = coalitions.movedim(-2, 0).reshape(m, -1, n, 1)  # [m, 1 or B, n, 1]
     weight = torch.where(inside, taken, p).prod(-2)  # [m, B, A^n]
     return (weight * r).sum(-1).T - (p.prod(1) * r).sum(-1, keepdim=True)
+
+
+def credit_diagnostics(coalition_adv_of, truth_of, policy_of, state, actions, coalitions, coalition_adv, alloc, eps,
+                       grand_adv, every_coalition, violation_samples, truth_samples):
+    """How the credit behaved in an update (not part of Alg. 1; its draws leave the training's random
+    streams alone): core/violation_ratio, the share of all 2^n - 2 coalitions' core constraints the
+    allocation misses on the first `violation_samples` samples; per sample, whether the core gave
+    the equal split A_N / n (MAPPO's update); core/adv_corr, the correlation of Eq. (7)'s estimate
+    with the exact A_C on the first `truth_samples` samples, where truth_of is given (else NaN).
+    policy_of(k): the current policies on the first k samples; coalitions [B, m, n] per sample."""
+    violation_ratio = adv_corr = float("nan")
+    devices = [state.device] if state.device.type == "cuda" else []
+    if every_coalition is not None and violation_samples > 0:
+        with torch.random.fork_rng(devices=devices):
+            k = min(violation_samples, len(state))
+            full_adv = coalition_adv_of(state[:k], actions[:k], policy_of(k), every_coalition)
+        covered = alloc[:k] @ every_coalition.to(alloc.dtype).T  # sum_{i in C} A_i
+        violation_ratio = (covered < full_adv - eps[:k, None] - 1e-6).float().mean().item()
+    if truth_of is not None and truth_samples > 0:
+        with torch.random.fork_rng(devices=devices):
+            k = min(truth_samples, len(state))
+            truth = truth_of(state[:k], actions[:k], policy_of(k), coalitions[:k])
+        adv_corr = torch.corrcoef(torch.stack([coalition_adv[:k].flatten(), truth.flatten()]))[0, 1].item()
+    n = alloc.shape[-1]
+    equal_split = (alloc - grand_adv[:, None] / n).abs().amax(1) <= 1e-5 * grand_adv.abs().clamp(min=1)
+    return violation_ratio, equal_split, adv_corr
 
 
 # ==================================================================================================
