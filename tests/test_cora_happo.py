@@ -101,14 +101,14 @@ def test_cora_machinery_is_cora_mappos(happo_module, mappo_module):
     """The coalition machinery is re-stated in each script: it must stay a verbatim copy."""
     for name in ["all_coalitions", "sample_coalitions", "core_allocation",
                  "scale_allocation", "allocate", "grand_q_advantage", "mc_coalition_q", "QNet", "TwinQ", "QuadraticQ",
-                 "true_coalition_adv"]:
+                 "true_coalition_adv", "credit_diagnostics"]:
         assert inspect.getsource(getattr(happo_module, name)) == inspect.getsource(getattr(mappo_module, name)), name
 
 
 def test_the_continuous_scripts_solve_the_qp_as_the_discrete_one():
     """The QP does not depend on the action family: the solver is the same text in both."""
     for name in ["all_coalitions", "sample_coalitions", "core_allocation",
-                 "scale_allocation", "allocate", "grand_q_advantage"]:
+                 "scale_allocation", "allocate", "grand_q_advantage", "credit_diagnostics"]:
         assert inspect.getsource(getattr(cora_mappo_cont, name)) == inspect.getsource(getattr(cora_mappo, name)), name
 
 
