@@ -18,13 +18,16 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
   AUC           per seed, the trapezoidal area under the curve divided by the step range: the
                 curve's average over training, in return units (so runs of different lengths
                 stay comparable); final and AUC then get the same t-interval over seeds;
+  late gain     per seed, the curve's mean over the last fifth of the grid minus its mean over the
+                fifth before: near 0 where the curve has flattened at this budget;
   eval          the greedy evaluation return (win rate) of eval.json, and where every run knows
                 its env's optimum, eval / optimum per seed (seeded games differ per seed);
   paired        with `--paired ALGO`: for every other algorithm, the per-seed difference ALGO - it
                 of final and AUC over the seeds both ran (seeded games draw the same game for
                 both, so the pairing removes the game-to-game spread), with its t-interval;
-  diagnostics   where runs log them (CORA's core/adv_corr and core/equal_split_frac, ILVF's
-                influence/coupled_mean, uncoupled_mean, precision and recall), per seed
+  diagnostics   where runs log them (CORA's core/adv_corr, equal_split_frac, alloc_spread and
+                violation_ratio; ILVF's influence/coupled_mean, uncoupled_mean, precision and
+                recall), per seed
                 the mean over the first quarter of the updates and over the rest, NaNs left out.
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
@@ -45,8 +48,8 @@ import numpy as np
 from scipy import stats
 
 RETURN_TAG, WIN_TAG = "charts/episodic_return", "charts/win_rate"
-DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac", "influence/coupled_mean", "influence/uncoupled_mean",
-                   "influence/precision", "influence/recall")
+DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac", "core/alloc_spread", "core/violation_ratio",
+                   "influence/coupled_mean", "influence/uncoupled_mean", "influence/precision", "influence/recall")
 RUN_NAME = re.compile(r"^(?P<env>.+)__(?P<exp>[^_].*?)__(?P<seed>\d+)__(?P<time>\d+)$")
 
 
@@ -147,6 +150,12 @@ def final(curves: np.ndarray, frac: float) -> np.ndarray:
     return curves[:, -k:].mean(axis=1)
 
 
+def late_gain(curves: np.ndarray) -> np.ndarray:
+    """Per curve [S]: the mean over the last fifth of the grid points minus that over the fifth before."""
+    k = max(1, curves.shape[1] // 5)
+    return curves[:, -k:].mean(axis=1) - curves[:, -2 * k : -k].mean(axis=1)
+
+
 def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> dict:
     """{env_id: {algo: {...curve and table numbers...}}} over seeds."""
     groups: dict[str, dict[str, list[Run]]] = {}
@@ -165,7 +174,8 @@ def summarize(runs: list[Run], points: int = 100, final_frac: float = 0.1) -> di
             mean, lo, hi = mean_ci(curves)
             entry = {"metric": members[0].metric, "seeds": [r.seed for r in members],
                      "grid": grid.tolist(), "mean": mean.tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-            for name, per_seed in (("final", final(curves, final_frac)), ("auc", auc(grid, curves))):
+            for name, per_seed in (("final", final(curves, final_frac)), ("auc", auc(grid, curves)),
+                                   ("late_gain", late_gain(curves))):
                 m, l, h = mean_ci(per_seed[:, None])
                 entry[name] = {"mean": float(m[0]), "lo": float(l[0]), "hi": float(h[0]), "per_seed": per_seed.tolist()}
             key = "eval_win_rate" if entry["metric"] == WIN_TAG else "eval_return_mean"
@@ -228,7 +238,8 @@ def slug(env_id: str) -> str:
 def markdown(summary: dict, final_frac: float) -> str:
     lines = ["Mean over seeds with a 95% Student-t confidence interval in brackets. final: the mean of the "
              f"last {final_frac:.0%} of the training curve; AUC: the curve's average over training "
-             "(area / step range); eval: greedy evaluation after training (`eval.json`), also per seed as a "
+             "(area / step range); late gain: the last fifth of the curve minus the fifth before (≈ 0: flat at "
+             "this budget); eval: greedy evaluation after training (`eval.json`), also per seed as a "
              "share of that seed's optimum where the env knows it. Rows sorted by final.", ""]
     envs = list(summary)
     algos_all = sorted({algo for env in summary.values() for algo in env})
@@ -247,12 +258,12 @@ def markdown(summary: dict, final_frac: float) -> str:
         lines.append("")
         lines.append(f"![{env_id}]({slug(env_id)}.png)")
         lines.append("")
-        lines.append("| algorithm | seeds | final | AUC | greedy eval | greedy eval / optimum |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| algorithm | seeds | final | AUC | late gain | greedy eval | greedy eval / optimum |")
+        lines.append("|---|---|---|---|---|---|---|")
         for algo, a in sorted(algos.items(), key=lambda kv: -kv[1]["final"]["mean"]):
             ev = fmt(a["eval"]) if "eval" in a else "–"
             ratio = fmt(a["eval_ratio"]) if "eval_ratio" in a else "–"
-            lines.append(f"| {algo} | {len(a['seeds'])} | {fmt(a['final'])} | {fmt(a['auc'])} | {ev} | {ratio} |")
+            lines.append(f"| {algo} | {len(a['seeds'])} | {fmt(a['final'])} | {fmt(a['auc'])} | {fmt(a['late_gain'])} | {ev} | {ratio} |")
         lines.append("")
         diagnosed = {algo: a for algo, a in algos.items() if any(tag in a for tag in DIAGNOSTIC_TAGS)}
         if diagnosed:

@@ -59,6 +59,9 @@ def test_interpolation_auc_final_by_hand():
     np.testing.assert_allclose(pr.auc(grid, curves), [6.0, area2 / 80])
     np.testing.assert_allclose(pr.final(curves, 0.4), [9.0, (8 / 3 + 4 / 3) / 2])  # last 2 of 5 points
     np.testing.assert_allclose(pr.final(curves, 0.01), [10.0, 4 / 3])  # at least one point
+    np.testing.assert_allclose(pr.late_gain(curves), [10 - 8, 4 / 3 - 8 / 3])  # last point minus the one before
+    ten = np.arange(10.0)[None]  # fifths of 2 points: (8 + 9) / 2 - (6 + 7) / 2
+    np.testing.assert_allclose(pr.late_gain(ten), [2.0])
 
 
 def test_summary_plots_and_table_from_event_files(tmp_path):
@@ -84,6 +87,7 @@ def test_summary_plots_and_table_from_event_files(tmp_path):
     assert a["auc"]["mean"] == pytest.approx(5.0)  # a line from 0 to 10 averages 5
     assert a["auc"]["hi"] - 5.0 == pytest.approx(half / 2)  # per-seed AUCs 4.5, 5, 5.5
     assert a["eval"]["mean"] == pytest.approx(10.0) and a["eval"]["n"] == 3
+    assert a["late_gain"]["mean"] == pytest.approx(2.0) and b["late_gain"]["mean"] == pytest.approx(0.0)  # (9.5 - 7.5), flat
     ratios = np.array([9.0, 10.0, 11.0]) / 12.0  # eval / optimum per seed
     assert a["eval_ratio"]["mean"] == pytest.approx(ratios.mean())
     assert a["eval_ratio"]["hi"] - ratios.mean() == pytest.approx(half / 12)
