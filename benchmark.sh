@@ -423,6 +423,9 @@ i=\${SLURM_ARRAY_TASK_ID:?set SLURM_ARRAY_TASK_ID to a line number of commands.t
 cmd=\$(sed -n "\${i}p" commands.txt)
 [ -n "\$cmd" ] || { echo "no command on line \$i of $dir/commands.txt" >&2; exit 2; }
 log="logs/task-\$i.log"
+if [ -f "\$log" ] && [ "\$(head -n 1 "\$log")" != "\$cmd" ]; then  # line i held another command (another
+  mv "\$log" "logs/task-\$i.\$(date +%s).log"                       # --seeds or --only): not ours to resume
+fi
 ckpt=\$(sed -n 's/^model saved to //p' "\$log" 2>/dev/null | tail -n 1)
 [ -n "\$ckpt" ] && [ -f "\$ckpt" ] && cmd="\$cmd --checkpoint \$ckpt"  # an earlier attempt was stopped
 echo "\$cmd" >> "\$log"

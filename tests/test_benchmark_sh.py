@@ -167,3 +167,24 @@ def test_slurm_task_stopped_by_sigterm_is_requeued_and_resumes(tmp_path):
     assert status[2].startswith("task 1 exit 0") and "--checkpoint runs/matrix:team__mappo__1__" in status[2]
     (run_dir,) = (group_dir / "runs").iterdir()
     assert json.loads((run_dir / "eval.json").read_text())["global_step"] == 20000
+
+
+def test_task_does_not_resume_another_commands_checkpoint(tmp_path):
+    """Line i of commands.txt changes when a group is run again with other --seeds or --only into the
+    same results folder: task i then starts afresh (the old log kept aside), never resuming the
+    checkpoint the other command left in logs/task-i.log."""
+    bench("matrix", "--slurm", "--seeds", "2", "--steps-scale", "0.02", "--only",
+          "cleanmarl/mappo.py --env-id matrix:team .*--num-envs 4 --save-model", "--results", str(tmp_path))
+    group_dir = tmp_path / "matrix"
+    (group_dir / "logs").mkdir(exist_ok=True)
+    stale = group_dir / "other.cleanmarl_model"
+    stale.write_text("not a checkpoint")
+    log = group_dir / "logs" / "task-1.log"
+    log.write_text(f"python cleanmarl/mappo.py --env-id matrix:team --seed 1\nmodel saved to {stale}\n")
+    env = dict(os.environ, SLURM_ARRAY_TASK_ID="1")
+    proc = subprocess.run(["bash", str(group_dir / "array_task.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, log.read_text()
+    assert "--checkpoint" not in log.read_text() and "--seed 2" in log.read_text().splitlines()[0]
+    (old,) = [p for p in (group_dir / "logs").iterdir() if re.fullmatch(r"task-1\.\d+\.log", p.name)]
+    assert "--seed 1" in old.read_text()
