@@ -132,11 +132,14 @@ group_diff_controls() {  # issue 27 on CORA Fig. 3's 2-agent differential game
 }
 group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is not in SMAX): MAPPO, HAPPO,
   # CORA-MAPPO-MC and its equal split, every arm at its script's SMAX row (no hyperparameter flag:
-  # Table V's SMAC row, K = 64, and 4 minibatches for every arm)
-  local map arm
+  # Table V's SMAC row, K = 64, and 4 minibatches for every arm). On 8m the MC pass over 127
+  # coalitions costs ~9 s an update here (176 SPS, docs/benchmarks.md): CORA runs its quadratic
+  # critic there (682 SPS), the same closed form on both of its arms.
+  local map arm cora
   for map in 3m 2s3z 3s_vs_5z 8m; do
-    for arm in "mappo.py" "happo.py" "cora_mappo.py --exp-name cora_mappo_mc" \
-               "cora_mappo.py --allocation equal --exp-name cora_mappo_mc_equal"; do
+    cora="cora_mappo.py --exp-name cora_mappo_mc|cora_mappo.py --allocation equal --exp-name cora_mappo_mc_equal"
+    [ "$map" = 8m ] && cora="cora_mappo.py --critic quadratic --exp-name cora_mappo_qc|cora_mappo.py --critic quadratic --allocation equal --exp-name cora_mappo_qc_equal"
+    for arm in "mappo.py" "happo.py" "${cora%|*}" "${cora#*|}"; do
       # shellcheck disable=SC2086  # the arm's flags split into words
       emit 400000 ${arm%% *} "smax:$map" --eval-interval 100000 $(echo "$arm" | cut -s -d' ' -f2-)
     done
@@ -252,7 +255,7 @@ diff_coalitions|CORA Fig. 8: coalition sample size 10/15/20/25/30, 5 agents|1,2,
 matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalition values, GAE vs Q - V A_N (Fig. 2 games)|1,2,3,4,5
 diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
 feature_norm|issue 29: MAPPO with and without --feature-norm on SMAX 2s3z and MaMuJoCo HalfCheetah-2x3|1,2,3
-smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC and its equal split, 400k steps|1,2,3
+smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC (QC on 8m) and its equal split, 400k steps|1,2,3
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
 mamujoco|CORA Fig. 5: MaMuJoCo Ant 4x2, HalfCheetah 6x1/2x3, Walker2d 2x3, Hopper 3x1|1,2,3,4,5
