@@ -269,10 +269,11 @@ def markdown(summary: dict, final_frac: float) -> str:
         if diagnosed:
             lines.append("Credit diagnostics, mean over the first quarter of the updates (early) and the rest (late):")
             lines.append("")
-            lines.append("| algorithm | " + " | ".join(f"`{t}` {w}" for t in DIAGNOSTIC_TAGS for w in ("early", "late")) + " |")
-            lines.append("|---|" + "---|" * 2 * len(DIAGNOSTIC_TAGS))
+            tags = [t for t in DIAGNOSTIC_TAGS if any(t in a for a in diagnosed.values())]  # the tags logged here
+            lines.append("| algorithm | " + " | ".join(f"`{t}` {w}" for t in tags for w in ("early", "late")) + " |")
+            lines.append("|---|" + "---|" * 2 * len(tags))
             for algo, a in sorted(diagnosed.items()):
-                cells = [fmt(a[t][w]) if t in a else "–" for t in DIAGNOSTIC_TAGS for w in ("early", "late")]
+                cells = [fmt(a[t][w]) if t in a else "–" for t in tags for w in ("early", "late")]
                 lines.append(f"| {algo} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
