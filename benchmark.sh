@@ -130,20 +130,36 @@ group_matrix_controls() {  # issue 27 on CORA Fig. 2's games (Multi-Peak 5 also 
 group_diff_controls() {  # issue 27 on CORA Fig. 3's 2-agent differential game
   controls 200000 cora_mappo_continuous.py diff:2agents "$TV_DIFF" 16 oracle
 }
-group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is not in SMAX): MAPPO, HAPPO,
-  # CORA-MAPPO-MC and its equal split, every arm at its script's SMAX row (no hyperparameter flag:
-  # Table V's SMAC row, K = 64, and 4 minibatches for every arm). On 8m the MC pass over 127
-  # coalitions costs ~9 s an update here (176 SPS, docs/benchmarks.md): CORA runs its quadratic
-  # critic there (682 SPS), the same closed form on both of its arms.
-  local map arm cora
-  for map in 3m 2s3z 3s_vs_5z 8m; do
-    cora="cora_mappo.py --exp-name cora_mappo_mc|cora_mappo.py --allocation equal --exp-name cora_mappo_mc_equal"
-    [ "$map" = 8m ] && cora="cora_mappo.py --critic quadratic --exp-name cora_mappo_qc|cora_mappo.py --critic quadratic --allocation equal --exp-name cora_mappo_qc_equal"
-    for arm in "mappo.py" "happo.py" "${cora%|*}" "${cora#*|}"; do
-      # shellcheck disable=SC2086  # the arm's flags split into words
-      emit 400000 ${arm%% *} "smax:$map" --eval-interval 100000 $(echo "$arm" | cut -s -d' ' -f2-)
-    done
+four_arms() {  # steps env-id script-suffix mc|qc [flags...]: issue 27's arms, paired by seed: MAPPO, HAPPO,
+  # CORA-MAPPO and its equal split of A_N, every arm at its script's family row (no hyperparameter
+  # flag: Table V's row of the family, its K, and one minibatch count for all four arms)
+  local steps=$1 env=$2 s=$3 critic=$4 cflag=""
+  shift 4
+  [ "$critic" = qc ] && cflag="--critic quadratic"
+  emit "$steps" "mappo$s.py" "$env" "$@"
+  emit "$steps" "happo$s.py" "$env" "$@"
+  # shellcheck disable=SC2086  # an empty $cflag adds no word
+  emit "$steps" "cora_mappo$s.py" "$env" "$@" $cflag --exp-name "cora_mappo${s}_$critic"
+  # shellcheck disable=SC2086
+  emit "$steps" "cora_mappo$s.py" "$env" "$@" $cflag --allocation equal --exp-name "cora_mappo${s}_${critic}_equal"
+}
+group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is not in SMAX): 4 minibatches for
+  # every arm. On 8m the MC pass over 127 coalitions costs ~9 s an update here (176 SPS,
+  # docs/benchmarks.md): CORA runs its quadratic critic there (682 SPS) on both of its arms.
+  local map
+  for map in 3m 2s3z 3s_vs_5z; do four_arms 400000 "smax:$map" "" mc --eval-interval 100000; done
+  four_arms 400000 smax:8m "" qc --eval-interval 100000
+}
+group_mamujoco_controls() {  # issue 27 on CORA Fig. 5's tasks with the fewest agents first (K = 64, 4 envs,
+  # the full batch for every arm); 1M steps, run here at --steps-scale 0.3 (docs/reproduce.md)
+  local task
+  for task in Hopper-3x1 HalfCheetah-2x3 Walker2d-2x3 HalfCheetah-6x1 Ant-4x2; do
+    four_arms 1000000 "mamujoco:$task" _continuous mc --eval-interval 100000
   done
+}
+group_navigation_controls() {  # issue 27 on CORA Fig. 4's navigation with BenchMARL's task settings, where our
+  # MAPPO is at parity (docs/parity.md: 90 % of its final by 133k steps); 64 envs, 4 minibatches for every arm
+  four_arms 500000 "vmas:navigation,n_agents=3,shared_rew=False" _continuous mc --eval-interval 100000
 }
 group_feature_norm() {  # issue 29: MAPPO with and without on-policy's input LayerNorm, paired by seed, at
   # the family rows (no other flag)
@@ -256,6 +272,8 @@ matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalitio
 diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
 feature_norm|issue 29: MAPPO with and without --feature-norm on SMAX 2s3z and MaMuJoCo HalfCheetah-2x3|1,2,3
 smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC (QC on 8m) and its equal split, 400k steps|1,2,3
+mamujoco_controls|issue 27: MaMuJoCo Hopper-3x1, HalfCheetah-2x3 (then Walker2d-2x3, HalfCheetah-6x1, Ant-4x2): the same four arms, 1M steps|1,2,3
+navigation_controls|issue 27: VMAS navigation, BenchMARL's settings: the same four arms, 500k steps|1,2,3
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
 give_way|CORA Fig. 4: VMAS give_way only|1,2,3,4,5
 mamujoco|CORA Fig. 5: MaMuJoCo Ant 4x2, HalfCheetah 6x1/2x3, Walker2d 2x3, Hopper 3x1|1,2,3,4,5
@@ -388,13 +406,13 @@ usage() {
 die() { echo "benchmark.sh: $*" >&2; exit 2; }
 
 list_groups() {
-  printf '%-16s %-8s %s\n' group commands description
-  printf '%-16s %-8s %s\n' speed - "steps per second of the scripts, CORA's QP and the BenchMARL head-to-head"
-  printf '%-16s %-8s %s\n' gpu - "the device check: each script trains with --cuda twice and on the CPU (docs/device_check.py)"
+  printf '%-20s %-8s %s\n' group commands description
+  printf '%-20s %-8s %s\n' speed - "steps per second of the scripts, CORA's QP and the BenchMARL head-to-head"
+  printf '%-20s %-8s %s\n' gpu - "the device check: each script trains with --cuda twice and on the CPU (docs/device_check.py)"
   local name desc seeds
   while IFS='|' read -r name desc seeds; do
     SEEDS=$seeds
-    printf '%-16s %-8s %s\n' "$name" "$("group_$name" | wc -l)" "$desc (seeds $seeds)"
+    printf '%-20s %-8s %s\n' "$name" "$("group_$name" | wc -l)" "$desc (seeds $seeds)"
   done <<< "$GROUP_TABLE"
 }
 
