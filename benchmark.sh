@@ -150,6 +150,15 @@ group_smax_controls() {  # issue 27 on CORA Fig. 6's maps in SMAX (2s_vs_1sc is 
   for map in 3m 2s3z 3s_vs_5z; do four_arms 400000 "smax:$map" "" mc --eval-interval 100000; done
   four_arms 400000 smax:8m "" qc --eval-interval 100000
 }
+group_smax_shared_actor() {  # issue 27: the credit on MAPPO's arrangement (one shared actor with agent ids):
+  # CORA-MAPPO-MC --share-actor against the same with the equal split, paired by seed with each
+  # other and with smax_controls' MAPPO (same seeds, same SMAX row)
+  local map
+  for map in 3m 2s3z; do
+    emit 400000 cora_mappo.py "smax:$map" --eval-interval 100000 --share-actor --exp-name cora_mappo_mc_shared
+    emit 400000 cora_mappo.py "smax:$map" --eval-interval 100000 --share-actor --allocation equal --exp-name cora_mappo_mc_shared_equal
+  done
+}
 group_mamujoco_controls() {  # issue 27 on CORA Fig. 5's tasks with the fewest agents first (K = 64, 4 envs,
   # the full batch for every arm); 1M steps, run here at --steps-scale 0.3 (docs/reproduce.md)
   local task
@@ -272,6 +281,7 @@ matrix_controls|issue 27: CORA-MAPPO-MC against its equal split, oracle coalitio
 diff_controls|issue 27: the same controls on the 2-agent differential game (Fig. 3)|1,2,3,4,5
 feature_norm|issue 29: MAPPO with and without --feature-norm on SMAX 2s3z and MaMuJoCo HalfCheetah-2x3|1,2,3
 smax_controls|issue 27: SMAX 3m, 2s3z, 3s_vs_5z, 8m: MAPPO, HAPPO, CORA-MAPPO-MC (QC on 8m) and its equal split, 400k steps|1,2,3
+smax_shared_actor|issue 27: SMAX 3m, 2s3z: CORA-MAPPO-MC with MAPPO's shared actor, and its equal split, 400k steps|1,2,3
 mamujoco_controls|issue 27: MaMuJoCo Hopper-3x1, HalfCheetah-2x3 (then Walker2d-2x3, HalfCheetah-6x1, Ant-4x2): the same four arms, 1M steps|1,2,3
 navigation_controls|issue 27: VMAS navigation, BenchMARL's settings: the same four arms, 500k steps|1,2,3
 vmas|CORA Fig. 4: VMAS multi_give_way, give_way, navigation|1,2,3,4,5
