@@ -25,9 +25,10 @@ evaluation in `eval.json`, written with `--save-model`), groups runs by env id a
   paired        with `--paired ALGO`: for every other algorithm, the per-seed difference ALGO - it
                 of final and AUC over the seeds both ran (seeded games draw the same game for
                 both, so the pairing removes the game-to-game spread), with its t-interval;
-  diagnostics   where runs log them (CORA's core/adv_corr, equal_split_frac, alloc_spread and
-                violation_ratio; ILVF's influence/coupled_mean, uncoupled_mean, precision and
-                recall), per seed
+  diagnostics   where runs log them (CORA's core/adv_corr, equal_split_frac, alloc_spread (in A_N's
+                raw units) and alloc_spread_rel (alloc_spread / alloc_std, update by update: the
+                spread across agents against the allocations' overall scale), violation_ratio;
+                ILVF's influence/coupled_mean, uncoupled_mean, precision and recall), per seed
                 the mean over the first quarter of the updates and over the rest, NaNs left out.
 
 Writes into --out: one PNG per env id (algorithms overlaid, mean line and 95% band),
@@ -48,7 +49,8 @@ import numpy as np
 from scipy import stats
 
 RETURN_TAG, WIN_TAG = "charts/episodic_return", "charts/win_rate"
-DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac", "core/alloc_spread", "core/violation_ratio",
+REL_SPREAD = "core/alloc_spread_rel"  # derived: core/alloc_spread / core/alloc_std, update by update
+DIAGNOSTIC_TAGS = ("core/adv_corr", "core/equal_split_frac", "core/alloc_spread", REL_SPREAD, "core/violation_ratio",
                    "influence/coupled_mean", "influence/uncoupled_mean", "influence/precision", "influence/recall")
 RUN_NAME = re.compile(r"^(?P<env>.+)__(?P<exp>[^_].*?)__(?P<seed>\d+)__(?P<time>\d+)$")
 
@@ -107,6 +109,12 @@ def load_runs(roots: list[str]) -> list[Run]:
                 with open(os.path.join(dirpath, "eval.json")) as f:
                     evaluation = json.load(f)
             diagnostics = {tag: scalars[tag][1] for tag in DIAGNOSTIC_TAGS if tag in scalars}
+            if "core/alloc_spread" in scalars and "core/alloc_std" in scalars:
+                # the spread across agents is in A_N's raw units; over the allocations' std it compares across envs
+                spread, std = scalars["core/alloc_spread"][1], scalars["core/alloc_std"][1]
+                spread, std = spread[: len(std)], std[: len(spread)]  # both logged once per update
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    diagnostics[REL_SPREAD] = np.where(std > 0, spread / std, np.nan)
             runs.append(Run(*parsed, metric, *scalars[metric], evaluation, diagnostics))
     return runs
 

@@ -144,3 +144,27 @@ def test_parity_criterion_by_hand_and_its_csv_folder_replots_the_same(tmp_path):
     assert sorted(os.listdir(tmp_path / "out" / "benchmarl")) == ["benchmarl_navigation_1.csv", "benchmarl_navigation_2.csv"]
     pp.main([str(tmp_path / "out"), "--out", str(tmp_path / "again")])
     assert json.load(open(tmp_path / "again" / "results.json")) == first
+
+
+def test_credit_diagnostics_early_late_and_relative_spread_by_hand(tmp_path):
+    """Diagnostics average the first quarter of the updates (early) and the rest (late), per seed;
+    core/alloc_spread_rel is core/alloc_spread / core/alloc_std update by update."""
+    runs_dir = str(tmp_path / "runs")
+    steps = range(0, 80, 10)  # 8 updates: early = the first 2, late = the other 6
+    spread = [2.0, 4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 3.0]
+    std = [4.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    for seed in (1, 2):
+        write_run(runs_dir, "matrix:team", "cora", seed, [(s, 1.0) for s in steps],
+                  extra={"core/alloc_spread": list(zip(steps, spread)), "core/alloc_std": list(zip(steps, std)),
+                         "core/equal_split_frac": [(s, 0.5 * seed) for s in steps]})
+    out = str(tmp_path / "out")
+    pr.main([runs_dir, "--out", out, "--grid", "8"])
+    entry = json.load(open(os.path.join(out, "results.json")))["matrix:team"]["cora"]
+    assert entry["core/alloc_spread"]["early"]["mean"] == pytest.approx(3.0)  # (2 + 4) / 2
+    assert entry["core/alloc_spread"]["late"]["mean"] == pytest.approx(8.0 / 6)
+    assert entry[pr.REL_SPREAD]["early"]["mean"] == pytest.approx(1.25)  # (2/4 + 4/2) / 2, not (3) / (3)
+    assert entry[pr.REL_SPREAD]["late"]["mean"] == pytest.approx((5 * 0.5 + 1.5) / 6)
+    assert entry["core/equal_split_frac"]["late"]["mean"] == pytest.approx(0.75)  # seeds 0.5 and 1
+    assert "core/alloc_std" not in entry  # a helper for the ratio, not a column
+    table = open(os.path.join(out, "results.md")).read()
+    assert f"`{pr.REL_SPREAD}` early" in table
