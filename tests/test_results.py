@@ -168,3 +168,29 @@ def test_credit_diagnostics_early_late_and_relative_spread_by_hand(tmp_path):
     assert "core/alloc_std" not in entry  # a helper for the ratio, not a column
     table = open(os.path.join(out, "results.md")).read()
     assert f"`{pr.REL_SPREAD}` early" in table
+
+
+def test_compare_results_pairs_two_batches_by_seed_by_hand(tmp_path, capsys):
+    """docs/compare_results.py: A - B over the seeds both ran, in the order of each file's seeds."""
+    import compare_results as cr
+
+    def write(name, algo, seeds, finals, aucs):
+        path = tmp_path / name
+        path.write_text(json.dumps({"e": {algo: {"seeds": seeds, "final": {"per_seed": finals}, "auc": {"per_seed": aucs}},
+                                          "other_env_only": {}}}))
+        return f"{path}:{algo}"
+
+    a = write("a.json", "new", [3, 1, 2, 4], [13.0, 11.0, 12.0, 99.0], [3.0, 1.0, 2.0, 9.0])
+    b = write("b.json", "old", [1, 2, 3], [10.0, 10.0, 10.0], [0.0, 0.0, 0.0])
+    table = cr.main([a, b])
+    row = table["e"]
+    assert row["seeds"] == [1, 2, 3]  # seed 4 ran in A only
+    assert row["final"]["per_seed"] == [1.0, 2.0, 3.0]
+    half = T_975_2 * 1.0 / math.sqrt(3)
+    assert row["final"]["mean"] == pytest.approx(2.0)
+    assert (row["final"]["lo"], row["final"]["hi"]) == pytest.approx((2.0 - half, 2.0 + half))
+    assert row["auc"]["mean"] == pytest.approx(2.0)
+    assert "A - B over seeds 1,2,3" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:  # a missing algorithm: one line naming the ones there, exit 2
+        cr.main([a, str(tmp_path / "b.json") + ":nope"])
+    assert e.value.code == 2 and "it has: old" in capsys.readouterr().err
